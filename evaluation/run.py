@@ -1,0 +1,237 @@
+"""`recsys eval`: the protocol of docs/ARCHITECTURE.md, the served funnel beside baselines.
+
+The funnel is evaluated exactly as served: the same Retriever (ONNX user tower + usearch +
+popular source) and the same Ranker (kernels, fitted ranker, rules) that the services wrap,
+called in process instead of over gRPC (the only difference is the transport). This module
+is the one place allowed to import both services' pure parts and the trainer; nothing
+imports it (see the import rules in docs/ARCHITECTURE.md).
+
+Rows of the table:
+  popularity   most positive train interactions
+  ease         EASE, closed form (lambda tuned on nothing: 500, Steck's ML default range)
+  wals         our WALS factors from the bundle (dot product over all items)
+  two_tower    the candidate tier alone (ANN top k after exclusions)
+  funnel       candidates -> ranker -> rules, as served
+Plus the same rows on the cold-start slice (each test user cut to their first 3 train
+positives, served as an unknown user whose 3 events are in the event store).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from candidate_svc.retrieval import Request, Retriever
+from evaluation.baselines import EASE, InteractionMatrix, Popularity, recommend_ids, top_k_excluding
+from evaluation.metrics import evaluate, format_table, train_popularity
+from evaluation.split import temporal_split
+from ranking_svc.events import MemoryEventStore, StoredEvent
+from ranking_svc.ranker import CandidateList, Demographics, Ranker
+from recsys.bundle import Bundle, load_bundle
+from recsys.features import UserInput
+from training.data import Dataset, positive_mask
+from training.pipeline import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+COLD_ITEMS = 3
+
+
+class InProcessCandidateSource:
+    """CandidateSource calling the candidate tier's Retriever directly (no transport)."""
+
+    def __init__(self, retriever: Retriever) -> None:
+        self.retriever = retriever
+
+    def fetch(self, user_id, history_ids, demographics, time_ms, num, exclude_ids, timeout_s) -> CandidateList:
+        index = self.retriever.bundle.item_index
+        user = UserInput(
+            history=[index[i] for i in history_ids if i in index],
+            age=demographics.age,
+            gender=demographics.gender,
+            occupation=demographics.occupation,
+            region=demographics.region,
+            time_ms=time_ms,
+        )
+        exclude = np.fromiter((index[i] for i in exclude_ids if i in index), dtype=np.int64)
+        (c,) = self.retriever.retrieve([Request(user, num, exclude)])
+        ids = self.retriever.bundle.item_ids
+        return CandidateList(
+            item_ids=[ids[i] for i in c.items.tolist()],
+            two_tower_scores=c.two_tower_scores.tolist(),
+            sources=[list(s) for s in c.sources],
+            user_embedding=c.user_embedding,
+        )
+
+
+def _factor_recs(bundle: Bundle, user_ids: Sequence[str], k: int) -> dict[str, list[str]]:
+    """Our WALS alone: x_u . y_i over every item, minus the user's train items."""
+    out = {}
+    y = bundle.mf_item_factors
+    for u in user_ids:
+        row = bundle.user_index.get(u)
+        if row is None:
+            continue
+        scores = y @ bundle.mf_user_factors[row]
+        scores[bundle.user_seen.row(row)] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:k]
+        out[u] = [bundle.item_ids[i] for i in top if np.isfinite(scores[i])]
+    return out
+
+
+def _funnel_recs(ranker: Ranker, users: Sequence[str], times: dict[str, int], k: int,
+                 demo: dict[str, Demographics]) -> dict[str, list[str]]:
+    return {
+        u: [it.item_id for it in ranker.recommend(u, k, demo.get(u, Demographics()), time_ms=times[u]).items]
+        for u in users
+    }
+
+
+def _two_tower_recs(ranker: Ranker, source: InProcessCandidateSource, users: Sequence[str],
+                    times: dict[str, int], k: int, demo: dict[str, Demographics]) -> dict[str, list[str]]:
+    out = {}
+    b = ranker.bundle
+    for u in users:
+        h = ranker.history(u, demo.get(u, Demographics()))
+        got = source.fetch(
+            u, [b.item_ids[i] for i in h.positives[: b.spec.history_length]], h.demographics,
+            times[u], max(k, 1), [b.item_ids[i] for i in sorted(h.seen)], 1.0,
+        )
+        # the ANN source alone: its candidates in two-tower order
+        ann = [i for i, s in zip(got.item_ids, got.sources) if "two_tower" in s]
+        out[u] = ann[:k]
+    return out
+
+
+def run_eval(
+    ds: Dataset,
+    work_dir: str | Path,
+    ks: Sequence[int] = (10, 20),
+    config: TrainConfig | None = None,
+    ease_lambda: float = 500.0,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    kmax = max(ks)
+    pos = positive_mask(ds.interactions)
+    split = temporal_split(ds.interactions, pos)
+    train_ds = replace(ds, interactions=split.train.reset_index(drop=True))
+    bundle_path = train(train_ds, Path(work_dir) / "bundles", config)
+    bundle = load_bundle(bundle_path)
+    item_ids = bundle.item_ids
+    test = split.test
+    users = sorted(test)
+    last_train = split.train.groupby("user_id")["timestamp"].max()
+    times = {u: int(last_train.get(u, 0)) * 1000 for u in users}
+    item_genres = {i: set(g) for i, g in zip(item_ids, bundle.genres)}
+    popularity = train_popularity(split.train, split.train_positive)
+
+    matrix = InteractionMatrix.from_frame(split.train, split.train_positive, item_ids)
+    pop, ease = Popularity(), EASE(ease_lambda)
+    pop.fit(matrix)
+    ease.fit(matrix)
+    retriever = Retriever(bundle)
+    source = InProcessCandidateSource(retriever)
+    ranker = Ranker(bundle, source, events=None)
+    ranker.warmup()
+    demo: dict[str, Demographics] = {}
+
+    def table_row(recs: dict[str, list[str]], test_sets: dict[str, list[str]]) -> dict[int, dict]:
+        return {k: evaluate(recs, test_sets, k, len(item_ids), item_genres, popularity) for k in ks}
+
+    timing: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timing[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    rows = [
+        ("popularity", table_row(timed("popularity", lambda: recommend_ids(pop, matrix, users, kmax)), test)),
+        ("ease", table_row(timed("ease", lambda: recommend_ids(ease, matrix, users, kmax)), test)),
+        ("wals", table_row(timed("wals", lambda: _factor_recs(bundle, users, kmax)), test)),
+        ("two_tower", table_row(timed("two_tower", lambda: _two_tower_recs(ranker, source, users, times, kmax, demo)), test)),
+        ("funnel", table_row(timed("funnel", lambda: _funnel_recs(ranker, users, times, kmax, demo)), test)),
+    ]
+
+    # Cold-start slice: each test user reduced to their first COLD_ITEMS train positives.
+    cold_rows = _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kmax, table_row)
+
+    report = {
+        "dataset": {**{k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float))}},
+        "bundle": bundle.version,
+        "test_users": len(users),
+        "ks": list(ks),
+        "models": {name: _jsonable(r) for name, r in rows},
+        "cold_start": {name: _jsonable(r) for name, r in cold_rows},
+        "timings_s": {**timing, "total": round(time.perf_counter() - started, 2)},
+        "bundle_manifest": {
+            "ranker": bundle.manifest["ranker"],
+            "timings_s": bundle.manifest["timings_s"],
+        },
+        "table": format_table(rows, ks),
+        "cold_start_table": format_table(cold_rows, ks),
+    }
+    return report
+
+
+def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kmax, table_row):
+    first: dict[str, list[str]] = {}
+    train = split.train[split.train_positive].sort_values("timestamp", kind="stable")
+    for u, items in train.groupby("user_id", sort=False)["item_id"]:
+        if u in split.test:
+            first[str(u)] = list(dict.fromkeys(items.astype(str)))[:COLD_ITEMS]
+    cold_users = [u for u in users if first.get(u)]
+    store = MemoryEventStore()
+    for u in cold_users:
+        store.append([
+            StoredEvent(f"cold-{u}-{j}", f"cold::{u}", item, "like", 1.0, times[u] - 1000 * (len(first[u]) - j))
+            for j, item in enumerate(first[u])
+        ])
+    ranker = Ranker(bundle, source, store)
+    test = {f"cold::{u}": [i for i in split.test[u] if i not in first[u]] for u in cold_users}
+    test = {u: t for u, t in test.items() if t}
+    cold_times = {f"cold::{u}": times[u] for u in cold_users}
+    ids = list(test)
+    funnel = _funnel_recs(ranker, ids, cold_times, kmax, {})
+    two_tower = _two_tower_recs(ranker, source, ids, cold_times, kmax, {})
+    # Baselines see the same 3 items: EASE scores x B, popularity is history-free.
+    cold_matrix = _matrix_from(first, cold_users, matrix.item_ids)
+    ease_recs = {f"cold::{u}": r for u, r in _ease_rows(ease, cold_matrix, kmax).items()}
+    pop_recs = {f"cold::{u}": r for u, r in recommend_ids(pop, cold_matrix, cold_users, kmax).items()}
+    return [
+        ("popularity", table_row(pop_recs, test)),
+        ("ease", table_row(ease_recs, test)),
+        ("two_tower", table_row(two_tower, test)),
+        ("funnel", table_row(funnel, test)),
+    ]
+
+
+def _matrix_from(rows: dict[str, list[str]], users: list[str], item_ids: list[str]) -> InteractionMatrix:
+    frame = pd.DataFrame(
+        [(u, i, 0) for u in users for i in rows[u]], columns=["user_id", "item_id", "timestamp"]
+    )
+    return InteractionMatrix.from_frame(frame, np.ones(len(frame), dtype=bool), item_ids)
+
+
+def _ease_rows(ease: EASE, cold: InteractionMatrix, k: int) -> dict[str, list[str]]:
+    """EASE's B from the full train, applied to the cold users' 3-item rows."""
+    rows = np.arange(cold.n_users, dtype=np.int64)
+    scores = cold.dense_rows(rows, np.float32) @ ease.B
+    cols = top_k_excluding(scores, cold, rows, k)
+    return {u: [cold.item_ids[c] for c in r if c >= 0] for u, r in zip(cold.user_ids, cols)}
+
+
+def _jsonable(by_k: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {str(k): {m: float(v) for m, v in metrics.items()} for k, metrics in by_k.items()}
+
+
+def write_report(report: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2))

@@ -1,0 +1,158 @@
+"""The event store: where LogEvents writes and Recommend reads a user's recent events.
+
+One small interface (`EventStore`); the embedded default is SQLite in WAL mode with
+`synchronous=FULL`, so a batch is on disk (the WAL is fsynced at commit) before LogEvents
+acknowledges it. The idempotency key is the primary key: a retried batch is stored once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+EVENT_TYPES = ("impression", "click", "like", "dislike", "watch", "rating", "search")
+POSITIVE_TYPES = ("click", "like", "watch")
+NEGATIVE_TYPES = ("dislike",)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    idempotency_key: str
+    user_id: str
+    item_id: str
+    event_type: str
+    value: float
+    timestamp_ms: int
+    query: str = ""
+
+    @property
+    def is_positive(self) -> bool:
+        return self.event_type in POSITIVE_TYPES or (self.event_type == "rating" and self.value >= 4)
+
+    @property
+    def is_negative(self) -> bool:
+        return self.event_type in NEGATIVE_TYPES or (self.event_type == "rating" and self.value <= 2)
+
+    @property
+    def marks_seen(self) -> bool:
+        return self.event_type not in ("impression", "search")
+
+
+class EventStore(Protocol):
+    def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
+        """Store durably; return (newly stored, duplicates by idempotency key)."""
+
+    def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
+        """The user's most recent events, newest first (by client timestamp)."""
+
+    def close(self) -> None: ...
+
+
+class SQLiteEventStore:
+    """SQLite WAL, synchronous=FULL. One writer connection behind a lock (SQLite allows
+    one writer at a time anyway); readers use their own per-thread connections so reads
+    never wait for a commit's fsync."""
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS events (
+        idempotency_key TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        value REAL NOT NULL,
+        timestamp_ms INTEGER NOT NULL,
+        query TEXT NOT NULL DEFAULT '',
+        received_ms INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp_ms);
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._write_lock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.executescript(self.SCHEMA)
+        self._local = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
+        rows = [
+            (e.idempotency_key, e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms, e.query)
+            for e in events
+        ]
+        with self._write_lock:
+            cur = self._writer.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._writer.total_changes
+                cur.executemany(
+                    "INSERT OR IGNORE INTO events (idempotency_key, user_id, item_id, event_type,"
+                    " value, timestamp_ms, query) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                stored = self._writer.total_changes - before
+                cur.execute("COMMIT")  # durable on return: WAL fsynced (synchronous=FULL)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return stored, len(rows) - stored
+
+    def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
+        rows = self._reader().execute(
+            "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query"
+            " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC LIMIT ?",
+            (user_id, limit),
+        ).fetchall()
+        return [StoredEvent(*row) for row in rows]
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._writer.close()
+
+
+class MemoryEventStore:
+    """Events in a dict, lost on exit: for offline replay (evaluation's cold-start slice)
+    and nothing that acknowledges a caller's write. Same contract as SQLiteEventStore."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, StoredEvent] = {}
+        self._by_user: dict[str, list[StoredEvent]] = {}
+        self._lock = threading.Lock()
+
+    def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
+        stored = 0
+        with self._lock:
+            for e in events:
+                if e.idempotency_key in self._by_key:
+                    continue
+                self._by_key[e.idempotency_key] = e
+                self._by_user.setdefault(e.user_id, []).append(e)
+                stored += 1
+        return stored, len(events) - stored
+
+    def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
+        with self._lock:
+            events = list(self._by_user.get(user_id, ()))
+        # newest first; ties keep the later append first, as SQLite's order is unspecified
+        events.sort(key=lambda e: e.timestamp_ms, reverse=True)
+        return events[:limit]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,204 @@
+"""RankingService over gRPC: the front door.
+
+Thin servicers: decode and validate (INVALID_ARGUMENT naming the field), call the pure
+Ranker / EventStore, encode. `GrpcCandidateSource` is the one internal hop, to the
+candidate tier, with a deadline; any failure there becomes a degraded answer, never an
+error for the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Sequence
+
+import grpc
+import numpy as np
+
+from ranking_svc.events import SQLiteEventStore, StoredEvent
+from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Ranker
+from recsys import validation as v
+from recsys.bundle import Bundle, load_bundle
+from recsys.config import MAX_K, RankingConfig
+from recsys.grpc_server import MAX_MESSAGE_BYTES, Served, build_server
+from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_EXCLUDE = 10_000
+MAX_BATCH = 1000
+MAX_QUERY_CHARS = 512
+MAX_FUTURE_MS = 86_400_000  # client clocks may run ahead by at most a day
+
+EVENT_NAMES = {
+    ranking_pb2.EVENT_TYPE_IMPRESSION: "impression",
+    ranking_pb2.EVENT_TYPE_CLICK: "click",
+    ranking_pb2.EVENT_TYPE_LIKE: "like",
+    ranking_pb2.EVENT_TYPE_DISLIKE: "dislike",
+    ranking_pb2.EVENT_TYPE_WATCH: "watch",
+    ranking_pb2.EVENT_TYPE_RATING: "rating",
+    ranking_pb2.EVENT_TYPE_SEARCH: "search",
+}
+
+
+class GrpcCandidateSource:
+    """CandidateSource over a real gRPC channel to candidate_svc."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = candidate_pb2_grpc.CandidateServiceStub(self.channel)
+
+    def fetch(
+        self,
+        user_id: str,
+        history_ids: Sequence[str],
+        demographics: Demographics,
+        time_ms: int,
+        num: int,
+        exclude_ids: Sequence[str],
+        timeout_s: float,
+    ) -> CandidateList:
+        request = candidate_pb2.RetrieveRequest(
+            user_id=user_id,
+            history_item_ids=history_ids,
+            features=common_pb2.UserFeatures(
+                age=demographics.age,
+                gender=demographics.gender,
+                occupation=demographics.occupation,
+                region=demographics.region,
+            ),
+            request_time_ms=time_ms,
+            num_candidates=num,
+            exclude_item_ids=exclude_ids,
+        )
+        try:
+            response = self.stub.Retrieve(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
+        return CandidateList(
+            item_ids=[c.item_id for c in response.candidates],
+            two_tower_scores=[c.two_tower_score for c in response.candidates],
+            sources=[[s.source for s in c.sources] for c in response.candidates],
+            user_embedding=np.asarray(response.user_embedding, dtype=np.float32),
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def decode_event(e: ranking_pb2.Event, i: int, now_ms: int) -> StoredEvent:
+    """Validate one event; field paths name the batch index ("events[3].item_id")."""
+    f = f"events[{i}]"
+    v.check_id(e.idempotency_key, f"{f}.idempotency_key")
+    v.check_id(e.user_id, f"{f}.user_id")
+    name = EVENT_NAMES.get(e.type)
+    if name is None:
+        raise v.InvalidArgument(f"{f}.type", f"must be one of {sorted(EVENT_NAMES.values())}, got {e.type}")
+    if name == "search":
+        if e.item_id:
+            raise v.InvalidArgument(f"{f}.item_id", "must be empty for EVENT_TYPE_SEARCH")
+        if not e.query:
+            raise v.InvalidArgument(f"{f}.query", "is required for EVENT_TYPE_SEARCH")
+        v.check_text(e.query, f"{f}.query", MAX_QUERY_CHARS)
+    else:
+        v.check_id(e.item_id, f"{f}.item_id")
+        if e.query:
+            raise v.InvalidArgument(f"{f}.query", "must be empty unless type is EVENT_TYPE_SEARCH")
+    value = 1.0
+    if name == "rating":
+        v.check_range(e.value, f"{f}.value", 1, 5)
+        value = e.value
+    elif name == "watch":
+        v.check_range(e.value, f"{f}.value", 0, 86_400)
+        value = e.value
+    v.check_time_ms(e.timestamp_ms, f"{f}.timestamp_ms", allow_zero=False)
+    if e.timestamp_ms > now_ms + MAX_FUTURE_MS:
+        raise v.InvalidArgument(f"{f}.timestamp_ms", "is more than one day ahead of the server clock")
+    return StoredEvent(e.idempotency_key, e.user_id, e.item_id, name, float(value), e.timestamp_ms, e.query)
+
+
+class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
+    def __init__(self, ranker: Ranker, events: SQLiteEventStore) -> None:
+        self.ranker = ranker
+        self.events = events
+
+    def Recommend(self, request, context):  # noqa: N802
+        try:
+            v.check_id(request.user_id, "user_id")
+            v.check_range(request.k, "k", 1, MAX_K)
+            v.check_user_features(request.features, "features")
+            v.check_ids(request.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
+            v.check_time_ms(request.request_time_ms, "request_time_ms")
+        except v.InvalidArgument as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None else None
+        f = request.features
+        result = self.ranker.recommend(
+            request.user_id,
+            request.k,
+            Demographics(f.age, f.gender, f.occupation, f.region),
+            request.exclude_item_ids,
+            request.request_time_ms,
+            deadline,
+        )
+        if result.degraded:
+            log.warning("degraded answer for user %s: %s", request.user_id, result.degraded_reason)
+        response = ranking_pb2.RecommendResponse(
+            bundle_version=result.bundle_version,
+            degraded=result.degraded,
+            degraded_reason=result.degraded_reason,
+            cold_start=result.cold_start,
+        )
+        for item in result.items:
+            response.items.add(item_id=item.item_id, score=item.score, sources=item.sources, title=item.title)
+        return response
+
+    def LogEvents(self, request, context):  # noqa: N802
+        try:
+            if not request.events:
+                raise v.InvalidArgument("events", "must hold at least one event")
+            if len(request.events) > MAX_BATCH:
+                raise v.InvalidArgument("events", f"has {len(request.events)} events, at most {MAX_BATCH} allowed")
+            now_ms = int(time.time() * 1000)
+            decoded = [decode_event(e, i, now_ms) for i, e in enumerate(request.events)]
+        except v.InvalidArgument as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        try:
+            stored, duplicates = self.events.append(decoded)
+        except Exception as e:  # the store failed: nothing was acknowledged
+            log.exception("event store write failed")
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"event store: {type(e).__name__}: {e}")
+        return ranking_pb2.LogEventsResponse(stored=stored, duplicates=duplicates)
+
+
+def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[Served, Ranker]:
+    """Load the bundle and event store, warm the kernels, build the server (not started)."""
+    bundle = bundle or load_bundle(config.bundle)
+    events = SQLiteEventStore(config.event_db)
+    source = GrpcCandidateSource(config.candidate_address)
+    ranker = Ranker(
+        bundle,
+        source,
+        events,
+        num_candidates=config.num_candidates,
+        retrieve_timeout_s=config.retrieve_timeout_ms / 1000.0,
+        history_limit=config.history_limit,
+    )
+    ranker.warmup()
+    servicer = RankingServicer(ranker, events)
+    served = build_server(
+        config.host,
+        config.port,
+        config.workers,
+        [lambda s: ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, s)],
+        [ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name],
+    )
+    log.info("ranking service: bundle %s, candidates at %s", bundle.version, config.candidate_address)
+    return served, ranker

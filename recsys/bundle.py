@@ -1,0 +1,272 @@
+"""The artifact bundle: what training writes and both services load.
+
+A bundle root holds immutable version directories and a `LATEST` pointer:
+
+    ROOT/
+      LATEST                      the current version's name (replaced atomically)
+      <version>/manifest.json     dims, vocabularies, model arguments, metrics, checksums
+      <version>/user_tower.onnx   user tower (see recsys.features for its inputs)
+      <version>/item_tower.onnx   item tower
+      <version>/index.usearch     ANN index over item_embeddings (cosine), memory-mapped
+      <version>/*.npy             item_embeddings, mf_item_factors, mf_user_factors,
+                                  content, popularity, user_pos_{indptr,indices},
+                                  user_seen_{indptr,indices}, user_neg_{indptr,indices}
+      <version>/catalog.json      item ids, titles, genres, creators, flags, owners
+      <version>/users.json        known user ids and their demographics
+
+A version directory is written under a temporary name and renamed into place, then LATEST
+is replaced with os.replace, so a reader never sees a half-written bundle. Loading checks
+every file's sha256 against the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.features import FeatureSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+
+ARRAY_FILES = (
+    "item_embeddings",
+    "mf_item_factors",
+    "mf_user_factors",
+    "content",
+    "popularity",
+    "user_pos_indptr",
+    "user_pos_indices",
+    "user_seen_indptr",
+    "user_seen_indices",
+    "user_neg_indptr",
+    "user_neg_indices",
+)
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, incomplete or inconsistent."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_version_dir(path: str | Path) -> Path:
+    """A version directory as given, or the one a bundle root's LATEST names."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return path
+    latest = path / LATEST
+    if latest.is_file():
+        version = latest.read_text().strip()
+        if (path / version / MANIFEST).is_file():
+            return path / version
+        raise BundleError(f"{latest} names version {version!r}, which has no manifest")
+    raise BundleError(f"{path} is neither a bundle version (no {MANIFEST}) nor a root (no {LATEST})")
+
+
+@dataclass
+class CSR:
+    """Rows of item indices per user (compressed sparse rows, no values)."""
+
+    indptr: np.ndarray  # int64[n_users + 1]
+    indices: np.ndarray  # int64[nnz]
+
+    def row(self, r: int) -> np.ndarray:
+        return self.indices[self.indptr[r] : self.indptr[r + 1]]
+
+
+@dataclass
+class Bundle:
+    """Everything a service needs, loaded from one version directory."""
+
+    path: Path
+    manifest: dict[str, Any]
+    spec: FeatureSpec
+    item_ids: list[str]
+    titles: list[str]
+    genres: list[list[str]]
+    creators: list[str]
+    flags: list[list[str]]
+    owners: list[str]
+    user_ids: list[str]
+    user_features: dict[str, list[Any]]
+    item_embeddings: np.ndarray  # float32[n_items, d_tt], L2-normalised
+    mf_item_factors: np.ndarray  # float32[n_items, d_mf]
+    mf_user_factors: np.ndarray  # float32[n_users, d_mf]
+    content: np.ndarray  # float32[n_items, d_content], L2-normalised rows
+    popularity: np.ndarray  # float32[n_items], positive interactions in training
+    user_pos: CSR  # positives, most recent first
+    user_seen: CSR  # every item the user interacted with in training
+    user_neg: CSR  # explicit negatives
+    item_index: dict[str, int] = field(default_factory=dict)
+    user_index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}
+        self.user_index = {user: u for u, user in enumerate(self.user_ids)}
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def user_demographics(self, user_row: int) -> dict[str, Any]:
+        return {key: values[user_row] for key, values in self.user_features.items()}
+
+
+def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
+    """Load a version directory (or the LATEST of a root) and check it."""
+    vdir = resolve_version_dir(path)
+    manifest = json.loads((vdir / MANIFEST).read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"{vdir}: format_version {manifest.get('format_version')} != {FORMAT_VERSION}"
+        )
+    files: dict[str, str] = manifest["files"]
+    for name, digest in files.items():
+        fpath = vdir / name
+        if not fpath.is_file():
+            raise BundleError(f"{vdir}: missing file {name}")
+        if verify and sha256_file(fpath) != digest:
+            raise BundleError(f"{vdir}: checksum mismatch for {name}")
+    # Loaded into (writable) memory, not memory-mapped: Numba compiles a separate
+    # signature for read-only arrays, which warm-up would not cover. The ANN index, the
+    # largest artefact, is memory-mapped by the candidate tier.
+    arrays = {name: np.load(vdir / f"{name}.npy") for name in ARRAY_FILES}
+    catalog = json.loads((vdir / "catalog.json").read_text())
+    users = json.loads((vdir / "users.json").read_text())
+    bundle = Bundle(
+        path=vdir,
+        manifest=manifest,
+        spec=FeatureSpec.from_json(manifest["features"]),
+        item_ids=catalog["item_ids"],
+        titles=catalog["titles"],
+        genres=catalog["genres"],
+        creators=catalog["creators"],
+        flags=catalog["flags"],
+        owners=catalog["owners"],
+        user_ids=users.pop("user_ids"),
+        user_features=users,
+        item_embeddings=np.ascontiguousarray(arrays["item_embeddings"], dtype=np.float32),
+        mf_item_factors=np.ascontiguousarray(arrays["mf_item_factors"], dtype=np.float32),
+        mf_user_factors=np.ascontiguousarray(arrays["mf_user_factors"], dtype=np.float32),
+        content=np.ascontiguousarray(arrays["content"], dtype=np.float32),
+        popularity=np.ascontiguousarray(arrays["popularity"], dtype=np.float32),
+        user_pos=CSR(arrays["user_pos_indptr"], arrays["user_pos_indices"]),
+        user_seen=CSR(arrays["user_seen_indptr"], arrays["user_seen_indices"]),
+        user_neg=CSR(arrays["user_neg_indptr"], arrays["user_neg_indices"]),
+    )
+    _check_shapes(bundle)
+    return bundle
+
+
+def _check_shapes(b: Bundle) -> None:
+    n, u = b.n_items, len(b.user_ids)
+    expect = {
+        "item_embeddings": (b.item_embeddings.shape[0], n),
+        "mf_item_factors": (b.mf_item_factors.shape[0], n),
+        "mf_user_factors": (b.mf_user_factors.shape[0], u),
+        "content": (b.content.shape[0], n),
+        "popularity": (b.popularity.shape[0], n),
+        "user_pos_indptr": (b.user_pos.indptr.shape[0], u + 1),
+        "user_seen_indptr": (b.user_seen.indptr.shape[0], u + 1),
+        "user_neg_indptr": (b.user_neg.indptr.shape[0], u + 1),
+        "titles": (len(b.titles), n),
+    }
+    for name, (got, want) in expect.items():
+        if got != want:
+            raise BundleError(f"{b.path}: {name} has {got} rows, expected {want}")
+    dim = int(b.manifest["two_tower"]["dim"])
+    if b.item_embeddings.shape[1] != dim:
+        raise BundleError(f"{b.path}: item_embeddings dim {b.item_embeddings.shape[1]} != {dim}")
+
+
+def new_version_name(fingerprint: str, now: dt.datetime | None = None) -> str:
+    """`YYYYmmddTHHMMSSZ-<8 hex of the data fingerprint>`: sortable and traceable."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{fingerprint[:8]}"
+
+
+class BundleWriter:
+    """Collects a bundle's files in a temporary directory and publishes it atomically.
+
+    with BundleWriter(root, version) as w:
+        w.save_array("popularity", arr); w.save_json("catalog.json", {...}); ...
+        w.publish(manifest)          # checksums added; rename; LATEST replaced
+    """
+
+    def __init__(self, root: str | Path, version: str) -> None:
+        self.root = Path(root)
+        self.version = version
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / version).exists():
+            raise BundleError(f"bundle version {version} already exists in {self.root}")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.root))
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def path(self, name: str) -> Path:
+        return self.tmp / name
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        np.save(self.tmp / f"{name}.npy", np.ascontiguousarray(array))
+
+    def save_json(self, name: str, data: Any) -> None:
+        (self.tmp / name).write_text(json.dumps(data, ensure_ascii=False))
+
+    def publish(self, manifest: dict[str, Any], *, make_latest: bool = True) -> Path:
+        missing = [n for n in ARRAY_FILES if not (self.tmp / f"{n}.npy").is_file()]
+        if missing:
+            raise BundleError(f"bundle {self.version} lacks arrays {missing}")
+        files = {
+            p.name: sha256_file(p) for p in sorted(self.tmp.iterdir()) if p.name != MANIFEST
+        }
+        manifest = dict(manifest, format_version=FORMAT_VERSION, version=self.version, files=files)
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        for p in self.tmp.iterdir():
+            _fsync_file(p)
+        final = self.root / self.version
+        os.rename(self.tmp, final)
+        if make_latest:
+            set_latest(self.root, self.version)
+        return final
+
+
+def set_latest(root: Path, version: str) -> None:
+    """Point ROOT/LATEST at `version` atomically (write a temp file, fsync, os.replace)."""
+    tmp = root / f".{LATEST}.tmp"
+    tmp.write_text(version + "\n")
+    _fsync_file(tmp)
+    os.replace(tmp, root / LATEST)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,125 @@
+"""One typed, validated configuration per process.
+
+Every setting has a default, an environment variable, and a command-line flag (the CLI
+overrides the environment, which overrides the default). Validation happens at load and
+names the setting. The table of variables is `ENV_TABLE`, printed by `recsys serve --help`
+and reproduced in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping
+
+MAX_K = 100
+MAX_CANDIDATES = 2000
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class CandidateConfig:
+    bundle: str = "var/bundles"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    workers: int = 8  # gRPC handler threads (compute itself is single-threaded)
+    popular_fraction: float = 0.2  # share of candidates reserved for the popular source
+    ann_expansion: int = 64  # usearch expansion_search at query time
+    grace_s: float = 5.0  # SIGTERM grace period
+
+    def validate(self) -> "CandidateConfig":
+        _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
+        _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
+        _check(0.0 <= self.popular_fraction <= 1.0, "popular_fraction", self.popular_fraction, "0..1")
+        _check(1 <= self.ann_expansion <= 4096, "ann_expansion", self.ann_expansion, "1..4096")
+        _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
+        return self
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    bundle: str = "var/bundles"
+    host: str = "127.0.0.1"
+    port: int = 50052
+    workers: int = 8
+    candidate_address: str = "127.0.0.1:50051"
+    retrieve_timeout_ms: int = 100  # deadline for Retrieve (capped by the caller's own)
+    num_candidates: int = 300  # asked of the candidate tier per request
+    event_db: str = "var/events.sqlite3"
+    history_limit: int = 200  # recent events read per request
+    grace_s: float = 5.0
+
+    def validate(self) -> "RankingConfig":
+        _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
+        _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
+        _check(":" in self.candidate_address, "candidate_address", self.candidate_address, "host:port")
+        _check(1 <= self.retrieve_timeout_ms <= 60_000, "retrieve_timeout_ms", self.retrieve_timeout_ms, "1..60000")
+        _check(
+            MAX_K <= self.num_candidates <= MAX_CANDIDATES,
+            "num_candidates",
+            self.num_candidates,
+            f"{MAX_K}..{MAX_CANDIDATES}",
+        )
+        _check(1 <= self.history_limit <= 10_000, "history_limit", self.history_limit, "1..10000")
+        _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
+        return self
+
+
+# (config class, field) -> environment variable
+ENV_TABLE: dict[tuple[type, str], str] = {
+    (CandidateConfig, "bundle"): "RECSYS_BUNDLE",
+    (CandidateConfig, "host"): "RECSYS_HOST",
+    (CandidateConfig, "port"): "RECSYS_CANDIDATE_PORT",
+    (CandidateConfig, "workers"): "RECSYS_WORKERS",
+    (CandidateConfig, "popular_fraction"): "RECSYS_POPULAR_FRACTION",
+    (CandidateConfig, "ann_expansion"): "RECSYS_ANN_EXPANSION",
+    (CandidateConfig, "grace_s"): "RECSYS_GRACE_S",
+    (RankingConfig, "bundle"): "RECSYS_BUNDLE",
+    (RankingConfig, "host"): "RECSYS_HOST",
+    (RankingConfig, "port"): "RECSYS_RANKING_PORT",
+    (RankingConfig, "workers"): "RECSYS_WORKERS",
+    (RankingConfig, "candidate_address"): "RECSYS_CANDIDATE_ADDRESS",
+    (RankingConfig, "retrieve_timeout_ms"): "RECSYS_RETRIEVE_TIMEOUT_MS",
+    (RankingConfig, "num_candidates"): "RECSYS_NUM_CANDIDATES",
+    (RankingConfig, "event_db"): "RECSYS_EVENT_DB",
+    (RankingConfig, "history_limit"): "RECSYS_HISTORY_LIMIT",
+    (RankingConfig, "grace_s"): "RECSYS_GRACE_S",
+}
+
+
+def load(cls: type, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None):
+    """Defaults <- environment <- overrides (None values in overrides are ignored)."""
+    env = os.environ if env is None else env
+    config = cls()
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var = ENV_TABLE.get((cls, f.name))
+        if var and var in env:
+            values[f.name] = _parse(f.name, var, env[var], type(getattr(config, f.name)))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            if key not in {f.name for f in fields(cls)}:
+                raise ConfigError(f"{key}: unknown setting for {cls.__name__}")
+            values[key] = value
+    return replace(config, **values).validate()
+
+
+def env_help(cls: type) -> str:
+    rows = [f"  {var:<28} {f.name} (default {getattr(cls(), f.name)!r})"
+            for f in fields(cls) if (var := ENV_TABLE.get((cls, f.name)))]
+    return "environment variables:\n" + "\n".join(rows)
+
+
+def _parse(name: str, var: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {var}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {value!r} is out of range ({allowed})")

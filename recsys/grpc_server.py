@@ -1,0 +1,113 @@
+"""What both gRPC services share: server construction with health and reflection, single
+compute thread settings, readiness, and SIGTERM handling.
+
+The services differ only in their servicers; everything about process lifecycle is here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def single_thread_compute() -> None:
+    """One compute thread per serving process (see docs/ARCHITECTURE.md: a busy second
+    core wrecks multi-threaded kernels; serving scales by processes). Must run before
+    numpy/numba/onnxruntime are imported to take full effect."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+@dataclass
+class Served:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def stop(self, grace_s: float) -> None:
+        """Health NOT_SERVING first (load balancers drain), then finish in-flight calls."""
+        self.set_serving(False)
+        self.server.stop(grace_s).wait()
+
+
+def build_server(
+    host: str,
+    port: int,
+    workers: int,
+    register: Iterable[Callable[[grpc.Server], None]],
+    service_names: Iterable[str],
+) -> Served:
+    """A grpc.Server with the given servicers, health (NOT_SERVING until the caller says
+    so) and reflection, bound to host:port (port 0 = a free port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=workers * 16,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for add in register:
+        add(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    served = Served(server, bound, health_servicer, names)
+    served.set_serving(False)
+    return served
+
+
+def run_until_signal(served: Served, grace_s: float, port_file: str | None = None) -> None:
+    """Start, mark SERVING, write the port file (for tests and scripts), and block until
+    SIGTERM/SIGINT; then drain and stop."""
+    served.server.start()
+    served.set_serving(True)
+    if port_file:
+        tmp = Path(port_file + ".tmp")
+        tmp.write_text(str(served.port))
+        os.replace(tmp, port_file)
+    log.info("serving %s on port %d", ",".join(served.service_names), served.port)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining for up to %.1fs", signum, grace_s)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not done.wait(0.5):  # a timed wait keeps the main thread responsive to signals
+        pass
+    served.stop(grace_s)
+    log.info("stopped")

@@ -1,0 +1,481 @@
+"""`recsys train`: one dataset in, one immutable bundle version out.
+
+Steps (each a function below):
+ 1. index users/items, split each user's rows into positives / negatives / seen (time order)
+ 2. carve a validation set (each user's last positive) for fitting the ranker
+ 3. WALS matrix factorisation (kernels.wals_half_step) on the fit positives
+ 4. two-tower model (training.two_tower) on the fit positives, exported to ONNX with a
+    parity check, item embeddings computed by the exported item tower
+ 5. usearch index over the item embeddings, content vectors, popularity
+ 6. ranker (training.ranker) fitted on the validation positives against funnel negatives
+ 7. final WALS user factors over all positives (one user half-step), bundle written
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+from usearch.index import Index
+
+import kernels
+from recsys import bundle as bundle_fmt
+from recsys.features import FeatureSpec, UserInput
+from recsys.ranking_features import FEATURE_NAMES, UserState, build_features, content_profile, disliked_rows
+from training import two_tower as tt
+from training.data import Dataset, fingerprint, negative_mask, positive_mask
+from training.ranker import fit_logistic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MFParams:
+    factors: int = 32
+    reg: float = 0.1
+    alpha: float = 10.0  # observed confidence c = 1 + alpha
+    w0: float = 1.0  # weight of every unobserved entry
+    iterations: int = 12
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    connectivity: int = 16
+    expansion_add: int = 128
+    expansion_search: int = 64
+    dtype: str = "f32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    two_tower: tt.TwoTowerParams = field(default_factory=tt.TwoTowerParams)
+    mf: MFParams = field(default_factory=MFParams)
+    index: IndexParams = field(default_factory=IndexParams)
+    history_length: int = 50
+    max_tags: int = 300
+    ranker_negatives: int = 20
+    ranker_pool: int = 300  # candidates the ranking tier asks for (RankingConfig.num_candidates)
+    parity_tolerance: float = 1e-5
+
+
+@dataclass
+class Interactions:
+    """Per-user item-index lists, oldest first, over the whole (training) frame."""
+
+    user_ids: list[str]
+    item_ids: list[str]
+    pos: list[np.ndarray]
+    pos_time: list[np.ndarray]
+    neg: list[np.ndarray]
+    seen: list[np.ndarray]
+
+
+def index_interactions(ds: Dataset) -> Interactions:
+    inter = ds.interactions
+    item_ids = [str(i) for i in ds.items["item_id"]]
+    item_index = {item: i for i, item in enumerate(item_ids)}
+    user_ids = sorted(set(inter["user_id"].astype(str)) | set(ds.users["user_id"].astype(str)))
+    user_index = {u: r for r, u in enumerate(user_ids)}
+    rows = inter["user_id"].map(user_index).to_numpy(np.int64)
+    cols = inter["item_id"].map(item_index).to_numpy(np.int64)
+    times = inter["timestamp"].to_numpy(np.int64)
+    is_pos = positive_mask(inter)
+    is_neg = negative_mask(inter)
+    is_seen = (inter["event_type"] != "impression").to_numpy()
+    order = np.lexsort((np.arange(len(rows)), times, rows))  # by user, then time, stable
+    bounds = np.searchsorted(rows[order], np.arange(len(user_ids) + 1))
+    pos, pos_time, neg, seen = [], [], [], []
+    for u in range(len(user_ids)):
+        sel = order[bounds[u] : bounds[u + 1]]
+        p = sel[is_pos[sel]]
+        pos.append(_dedupe_keep_last(cols[p]))
+        pos_time.append(times[p][_last_positions(cols[p])])
+        neg.append(_dedupe_keep_last(cols[sel[is_neg[sel]]]))
+        seen.append(np.unique(cols[sel[is_seen[sel]]]))
+    return Interactions(user_ids, item_ids, pos, pos_time, neg, seen)
+
+
+def _last_positions(items: np.ndarray) -> np.ndarray:
+    """Positions of each item's last occurrence, in time order."""
+    last: dict[int, int] = {}
+    for pos, item in enumerate(items.tolist()):
+        last[item] = pos
+    return np.array(sorted(last.values()), dtype=np.int64)
+
+
+def _dedupe_keep_last(items: np.ndarray) -> np.ndarray:
+    return items[_last_positions(items)].astype(np.int64)
+
+
+def build_spec(ds: Dataset, history_length: int, max_tags: int) -> FeatureSpec:
+    users = ds.users
+
+    def vocab(column: str) -> list[str]:
+        if column not in users or users.empty:
+            return []
+        return sorted({str(v) for v in users[column] if isinstance(v, str) and v})
+
+    genres = sorted({g for gs in ds.items["genres"] for g in gs})
+    tag_counts: dict[str, int] = {}
+    for ts in ds.items["tags"]:
+        for t in set(ts):
+            tag_counts[t] = tag_counts.get(t, 0) + 1
+    tags = [t for t, c in sorted(tag_counts.items(), key=lambda kv: (-kv[1], kv[0])) if c >= 2]
+    return FeatureSpec(
+        history_length=history_length,
+        genders=vocab("gender"),
+        occupations=vocab("occupation"),
+        regions=vocab("region"),
+        genres=genres,
+        tags=tags[:max_tags],
+    )
+
+
+def user_inputs(ds: Dataset, user_ids: list[str]) -> list[UserInput]:
+    """Demographics per user row (history and time are filled in per example)."""
+    known = {str(r.user_id): r for r in ds.users.itertuples(index=False)}
+    out = []
+    for u in user_ids:
+        r = known.get(u)
+        if r is None:
+            out.append(UserInput())
+        else:
+            out.append(
+                UserInput(
+                    age=int(r.age or 0),
+                    gender=str(r.gender or ""),
+                    occupation=str(r.occupation or ""),
+                    region=str(r.region or ""),
+                )
+            )
+    return out
+
+
+def csr(rows: list[np.ndarray], n_cols: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(r) for r in rows])
+    indices = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
+    return indptr, indices
+
+
+def train_wals(pos: list[np.ndarray], n_items: int, p: MFParams) -> tuple[np.ndarray, np.ndarray, list[float]]:
+    """Alternate exact half steps; returns (user factors, item factors, loss per iteration)."""
+    rng = np.random.default_rng(p.seed)
+    uptr, uidx = csr([np.unique(r) for r in pos])
+    conf_u = np.full(len(uidx), 1.0 + p.alpha, dtype=np.float32)
+    # item-major copy of the same matrix
+    users_of = np.repeat(np.arange(len(pos)), np.diff(uptr))
+    order = np.lexsort((users_of, uidx))
+    iptr = np.zeros(n_items + 1, dtype=np.int64)
+    iptr[1:] = np.cumsum(np.bincount(uidx, minlength=n_items))
+    iidx = users_of[order].astype(np.int64)
+    conf_i = conf_u[order]
+    y = (rng.standard_normal((n_items, p.factors)) * 0.01).astype(np.float32)
+    x = np.zeros((len(pos), p.factors), dtype=np.float32)
+    losses = []
+    for _ in range(p.iterations):
+        x = kernels.wals_half_step(uptr, uidx, conf_u, y, p.reg, p.w0)
+        y = kernels.wals_half_step(iptr, iidx, conf_i, x, p.reg, p.w0)
+        losses.append(float(kernels.wals_loss(uptr, uidx, conf_u, x, y, p.reg, p.w0)))
+    return x, y, losses
+
+
+def split_validation(inter: Interactions) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Fit positives (all but the last, for users with >= 3 positives) and the validation
+    target per user (-1 where none)."""
+    fit_pos, fit_time, target = [], [], []
+    for p, t in zip(inter.pos, inter.pos_time):
+        if len(p) >= 3:
+            fit_pos.append(p[:-1])
+            fit_time.append(t[:-1])
+            target.append(int(p[-1]))
+        else:
+            fit_pos.append(p)
+            fit_time.append(t)
+            target.append(-1)
+    return fit_pos, fit_time, target
+
+
+def two_tower_examples(
+    spec: FeatureSpec, fit_pos: list[np.ndarray], fit_time: list[np.ndarray], demo: list[UserInput]
+) -> tt.TrainingExamples:
+    users: list[UserInput] = []
+    targets: list[int] = []
+    h = spec.history_length
+    for u, (p, t) in enumerate(zip(fit_pos, fit_time)):
+        base = demo[u]
+        for j in range(len(p)):
+            history = p[max(0, j - h) : j][::-1].tolist()  # most recent first
+            users.append(
+                UserInput(history, base.age, base.gender, base.occupation, base.region, int(t[j]) * 1000)
+            )
+            targets.append(int(p[j]))
+    enc = spec.encode_users(users)
+    return tt.TrainingExamples(
+        hist_items=enc["hist_items"],
+        hist_mask=enc["hist_mask"],
+        user_cats=enc["user_cats"],
+        target=np.asarray(targets, dtype=np.int64),
+    )
+
+
+def embed_items(item_tower_path: Path, item_features: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Item embeddings computed by the exported ONNX item tower (the serving artefact)."""
+    sess = ort.InferenceSession(str(item_tower_path), providers=["CPUExecutionProvider"])
+    n = item_features.shape[0]
+    chunks = []
+    for start in range(0, n, batch):
+        ids = np.arange(start, min(n, start + batch), dtype=np.int64) + 1
+        chunks.append(sess.run(None, {"item_ids": ids, "item_feats": item_features[start : start + batch]})[0])
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def user_embeddings(user_tower_path: Path, spec: FeatureSpec, users: list[UserInput]) -> np.ndarray:
+    sess = ort.InferenceSession(str(user_tower_path), providers=["CPUExecutionProvider"])
+    chunks = []
+    for start in range(0, len(users), 4096):
+        chunks.append(sess.run(None, spec.encode_users(users[start : start + 4096]))[0])
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def content_vectors(item_features: np.ndarray) -> np.ndarray:
+    """IDF-weighted genre/tag multi-hot, rows L2-normalised (zero rows stay zero)."""
+    df = item_features.sum(axis=0)
+    idf = np.log((1 + item_features.shape[0]) / (1 + df)) + 1.0
+    v = item_features * idf[None, :]
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return np.ascontiguousarray(v / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def build_index(embeddings: np.ndarray, p: IndexParams, path: Path) -> None:
+    index = Index(
+        ndim=embeddings.shape[1],
+        metric="cos",
+        dtype=p.dtype,
+        connectivity=p.connectivity,
+        expansion_add=p.expansion_add,
+        expansion_search=p.expansion_search,
+    )
+    index.add(np.arange(len(embeddings), dtype=np.uint64), embeddings)
+    index.save(str(path))
+
+
+def fit_ranker(
+    inter: Interactions,
+    fit_pos: list[np.ndarray],
+    fit_time: list[np.ndarray],
+    target: list[int],
+    demo: list[UserInput],
+    spec: FeatureSpec,
+    user_tower_path: Path,
+    item_emb: np.ndarray,
+    mf_users: np.ndarray,
+    mf_items: np.ndarray,
+    content: np.ndarray,
+    log_pop: np.ndarray,
+    negatives: int,
+    pool_size: int,
+    seed: int,
+):
+    """Validation positives vs negatives, both from the candidate pool the funnel would
+    rank (two-tower top `pool_size - popular` plus popular top `popular`, minus what the
+    user has seen). Only users whose validation item is in their pool count: the ranker
+    orders candidates, so it must learn from the candidates' distribution (fitting on
+    positives from outside the pool teaches it that a low two-tower score is good)."""
+    rng = np.random.default_rng(seed)
+    rows = [u for u, t in enumerate(target) if t >= 0]
+    if not rows:
+        return None
+    inputs = []
+    for u in rows:
+        d = demo[u]
+        when = int(inter.pos_time[u][-1]) * 1000
+        inputs.append(UserInput(fit_pos[u][::-1].tolist(), d.age, d.gender, d.occupation, d.region, when))
+    tt_users = user_embeddings(user_tower_path, spec, inputs)
+    n_popular = pool_size // 5
+    n_ann = min(pool_size - n_popular, len(log_pop) - 1)
+    popular = np.argsort(-log_pop, kind="stable")[:n_popular]
+    feats, labels = [], []
+    for j, u in enumerate(rows):
+        scores = item_emb @ tt_users[j]
+        pool = np.union1d(np.argpartition(-scores, n_ann)[:n_ann], popular)
+        pool = np.setdiff1d(pool, inter.seen[u][np.isin(inter.seen[u], [target[u]], invert=True)])
+        if target[u] not in pool:
+            continue
+        pool = pool[pool != target[u]]
+        if len(pool) == 0:
+            continue
+        neg = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
+        cands = np.concatenate([[target[u]], neg]).astype(np.int64)
+        recent = fit_pos[u][::-1]
+        state = UserState(
+            tt_user=np.ascontiguousarray(tt_users[j], dtype=np.float32),
+            mf_user=np.ascontiguousarray(mf_users[u]),
+            profile=content_profile(content, recent),
+            disliked=disliked_rows(content, inter.neg[u][::-1]),
+        )
+        feats.append(build_features(state, item_emb, mf_items, content, log_pop, cands))
+        labels.append(np.r_[1.0, np.zeros(len(neg))])
+    if not feats:
+        return None
+    return fit_logistic(np.vstack(feats), np.concatenate(labels), list(FEATURE_NAMES))
+
+
+def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) -> Path:
+    """Train every model on `ds` and publish a new bundle version under `out_root`."""
+    config = config or TrainConfig()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        timings[name] = round(time.perf_counter() - t0, 3)
+        log.info("%s done in %.2fs", name, timings[name])
+        return time.perf_counter()
+
+    t0 = time.perf_counter()
+    inter = index_interactions(ds)
+    n_items = len(inter.item_ids)
+    spec = build_spec(ds, config.history_length, config.max_tags)
+    demo = user_inputs(ds, inter.user_ids)
+    item_features = spec.encode_item_features(ds.items["genres"], ds.items["tags"])
+    fit_pos, fit_time, target = split_validation(inter)
+    t0 = lap("index", t0)
+
+    mf_users_fit, mf_items, mf_losses = train_wals(fit_pos, n_items, config.mf)
+    t0 = lap("wals", t0)
+
+    examples = two_tower_examples(spec, fit_pos, fit_time, demo)
+    if len(examples.target) == 0:
+        raise ValueError("dataset has no positive interactions to train on")
+    towers = tt.train_two_tower(examples, item_features, spec.cardinalities, config.two_tower)
+    t0 = lap("two_tower", t0)
+
+    version = bundle_fmt.new_version_name(fingerprint(ds))
+    with bundle_fmt.BundleWriter(out_root, version) as w:
+        parity = tt.export_onnx(towers, item_features, spec.history_length, w.tmp)
+        worst = max(parity.values())
+        if not worst <= config.parity_tolerance:
+            raise RuntimeError(f"ONNX parity check failed: max |torch - onnx| = {worst:.3g} > {config.parity_tolerance}")
+        item_emb = embed_items(w.path("item_tower.onnx"), item_features)
+        build_index(item_emb, config.index, w.path("index.usearch"))
+        content = content_vectors(item_features)
+        popularity = np.zeros(n_items, dtype=np.float32)
+        for p in inter.pos:
+            np.add.at(popularity, p, 1.0)
+        log_pop = np.log1p(popularity).astype(np.float32)
+        t0 = lap("export_index", t0)
+
+        ranker = fit_ranker(
+            inter, fit_pos, fit_time, target, demo, spec, w.path("user_tower.onnx"), item_emb,
+            mf_users_fit, mf_items, content, log_pop, config.ranker_negatives, config.ranker_pool,
+            config.two_tower.seed,
+        )
+        t0 = lap("ranker", t0)
+
+        # Final user factors see every positive, including the validation ones.
+        uptr, uidx = csr([np.unique(r) for r in inter.pos])
+        conf = np.full(len(uidx), 1.0 + config.mf.alpha, dtype=np.float32)
+        mf_users = kernels.wals_half_step(uptr, uidx, conf, mf_items, config.mf.reg, config.mf.w0)
+
+        w.save_array("item_embeddings", item_emb)
+        w.save_array("mf_item_factors", mf_items)
+        w.save_array("mf_user_factors", mf_users)
+        w.save_array("content", content)
+        w.save_array("popularity", popularity)
+        for name, rows in (
+            ("user_pos", [p[::-1] for p in inter.pos]),
+            ("user_seen", inter.seen),
+            ("user_neg", [n[::-1] for n in inter.neg]),
+        ):
+            indptr, indices = csr(rows)
+            w.save_array(f"{name}_indptr", indptr)
+            w.save_array(f"{name}_indices", indices)
+        items = ds.items
+        w.save_json(
+            "catalog.json",
+            {
+                "item_ids": inter.item_ids,
+                "titles": [str(t) for t in items["title"]],
+                "genres": [list(g) for g in items["genres"]],
+                "creators": [str(c) for c in items["creator"]],
+                "flags": [list(f) for f in items["flags"]],
+                "owners": [str(o) for o in items["owner_id"]],
+                "created_at": [int(c) for c in items["created_at"]],
+            },
+        )
+        w.save_json(
+            "users.json",
+            {
+                "user_ids": inter.user_ids,
+                "age": [d.age for d in demo],
+                "gender": [d.gender for d in demo],
+                "occupation": [d.occupation for d in demo],
+                "region": [d.region for d in demo],
+            },
+        )
+        manifest: dict[str, Any] = {
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "dataset": {**_jsonable(ds.meta), "fingerprint": fingerprint(ds)},
+            "counts": {
+                "users": len(inter.user_ids),
+                "items": n_items,
+                "positives": int(sum(len(p) for p in inter.pos)),
+                "two_tower_examples": int(len(examples.target)),
+            },
+            "features": spec.to_json(),
+            "two_tower": {**tt.params_json(config.two_tower), "losses": towers.losses, **parity},
+            "mf": {**asdict(config.mf), "losses": mf_losses},
+            "index": {**asdict(config.index), "metric": "cos", "file": "index.usearch"},
+            "ranker": ranker.to_json() if ranker else _default_ranker(),
+            "timings_s": {**timings, "total": round(time.perf_counter() - started, 3)},
+            "software": _software(),
+        }
+        path = w.publish(manifest)
+    log.info("bundle %s written in %.1fs", path, time.perf_counter() - started)
+    return path
+
+
+def _default_ranker() -> dict[str, object]:
+    """Used only when the data has no user with 3+ positives to validate on: the two
+    retrieval scores, equally weighted (stated as such in the manifest)."""
+    return {
+        "model": "fixed",
+        "features": list(FEATURE_NAMES),
+        "weights": [1.0, 1.0, 0.0, 0.0, 0.0],
+        "bias": 0.0,
+        "metrics": {},
+    }
+
+
+def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, (np.integer,)):
+            v = int(v)
+        elif isinstance(v, (np.floating,)):
+            v = float(v)
+        out[k] = v
+    return out
+
+
+def _software() -> dict[str, str]:
+    import numba
+    import torch
+    import usearch
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "usearch": usearch.__version__,
+    }

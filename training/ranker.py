@@ -1,0 +1,82 @@
+"""The ranker: a logistic regression over recsys.ranking_features, fitted offline.
+
+Pointwise logistic loss with L2, solved by Newton's method (IRLS) on standardised
+features; the standardisation is folded back into the weights so the ranking service
+applies `score = features . w + b` (kernels.linear_score) with no extra step.
+A handful of features and a few thousand rows: Newton converges in ~10 steps and needs no
+library beyond NumPy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class LinearRanker:
+    feature_names: list[str]
+    weights: np.ndarray  # float32[f]
+    bias: float
+    metrics: dict[str, float]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "model": "logistic",
+            "features": self.feature_names,
+            "weights": [float(w) for w in self.weights],
+            "bias": float(self.bias),
+            "metrics": self.metrics,
+        }
+
+
+def fit_logistic(
+    features: np.ndarray, labels: np.ndarray, names: list[str], l2: float = 1e-2, steps: int = 25
+) -> LinearRanker:
+    """Fit P(label=1) = sigmoid(x.w + b); return raw-feature weights."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std < 1e-12] = 1.0  # constant features get weight 0 through the L2 term
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    theta = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2 * len(x))
+    reg[-1] = 0.0  # no penalty on the bias
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(z @ theta)))
+        grad = z.T @ (p - y) + reg * theta
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(reg) + 1e-9 * np.eye(len(theta))
+        step = np.linalg.solve(hess, grad)
+        theta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    w_std, b_std = theta[:-1], theta[-1]
+    weights = w_std / std  # x.w + b == z_std.w_std + b_std
+    bias = b_std - float((mean / std) @ w_std)
+    scores = x @ weights + bias
+    return LinearRanker(
+        feature_names=list(names),
+        weights=weights.astype(np.float32),
+        bias=float(bias),
+        metrics={"auc": auc(scores, y), "rows": float(len(y)), "positives": float(y.sum())},
+    )
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum formula (ties get average ranks)."""
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    pos = labels > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

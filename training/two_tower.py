@@ -1,0 +1,223 @@
+"""Two-tower retrieval model in PyTorch, exported to ONNX for the candidate tier.
+
+The only module of the project that imports torch. Inputs and their encoding are defined
+once in recsys.features (the candidate tier encodes requests with the same code).
+
+User tower: mean of learned history-item embeddings (masked) + one embedding per
+categorical field (demographics, region, time context) -> MLP -> L2-normalised vector.
+Item tower: id embedding (id 0 = unseen item) + linear map of genre/tag multi-hot -> MLP ->
+L2-normalised vector. Score = cosine / temperature.
+
+Training examples are (the user's positives before time t, most recent first; the positive
+at t). Loss: softmax cross-entropy of the positive against the other positives in the batch
+plus a shared set of uniformly sampled negatives (mixed negative sampling), so every
+example sees in-batch (popularity-skewed) and uniform negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.features import USER_FIELDS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TwoTowerParams:
+    dim: int = 32
+    hidden: int = 64
+    field_dim: int = 8
+    epochs: int = 8
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.1
+    uniform_negatives: int = 256
+    id_dropout: float = 0.15  # chance an item id is hidden so the tower learns features alone
+    seed: int = 0
+
+
+class UserTower(nn.Module):
+    def __init__(self, n_items: int, cardinalities: list[int], p: TwoTowerParams) -> None:
+        super().__init__()
+        self.history = nn.Embedding(n_items + 1, p.dim, padding_idx=0)
+        self.fields = nn.ModuleList(nn.Embedding(c, p.field_dim) for c in cardinalities)
+        self.mlp = nn.Sequential(
+            nn.Linear(p.dim + p.field_dim * len(cardinalities), p.hidden),
+            nn.ReLU(),
+            nn.Linear(p.hidden, p.dim),
+        )
+
+    def forward(
+        self, hist_items: torch.Tensor, hist_mask: torch.Tensor, user_cats: torch.Tensor
+    ) -> torch.Tensor:
+        # h = sum_j mask_j e_j / max(sum_j mask_j, 1)
+        summed = (self.history(hist_items) * hist_mask.unsqueeze(-1)).sum(1)
+        mean = summed / hist_mask.sum(1, keepdim=True).clamp(min=1.0)
+        cats = [emb(user_cats[:, j]) for j, emb in enumerate(self.fields)]
+        return F.normalize(self.mlp(torch.cat([mean, *cats], dim=1)), dim=-1)
+
+
+class ItemTower(nn.Module):
+    def __init__(self, n_items: int, feature_dim: int, p: TwoTowerParams) -> None:
+        super().__init__()
+        self.ids = nn.Embedding(n_items + 1, p.dim)
+        self.features = nn.Linear(max(feature_dim, 1), p.dim)
+        self.feature_dim = feature_dim
+        self.mlp = nn.Sequential(nn.Linear(2 * p.dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, p.dim))
+
+    def forward(self, item_ids: torch.Tensor, item_feats: torch.Tensor) -> torch.Tensor:
+        if self.feature_dim == 0:
+            item_feats = torch.zeros(item_ids.shape[0], 1)
+        x = torch.cat([self.ids(item_ids), self.features(item_feats)], dim=1)
+        return F.normalize(self.mlp(x), dim=-1)
+
+
+@dataclass
+class TrainingExamples:
+    """Per positive: the user's earlier positives (encoded) and the positive item."""
+
+    hist_items: np.ndarray  # int64[N, H] (item index + 1, 0 = pad)
+    hist_mask: np.ndarray  # float32[N, H]
+    user_cats: np.ndarray  # int64[N, C]
+    target: np.ndarray  # int64[N] item index (0-based)
+
+
+@dataclass
+class TrainedTowers:
+    user: UserTower
+    item: ItemTower
+    params: TwoTowerParams
+    losses: list[float]
+
+
+def train_two_tower(
+    examples: TrainingExamples,
+    item_features: np.ndarray,
+    cardinalities: list[int],
+    params: TwoTowerParams,
+) -> TrainedTowers:
+    """Fit both towers; deterministic for params.seed on one machine."""
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # offline: use every core
+    n_items = item_features.shape[0]
+    user = UserTower(n_items, cardinalities, params)
+    item = ItemTower(n_items, item_features.shape[1], params)
+    opt = torch.optim.Adam(
+        [*user.parameters(), *item.parameters()],
+        lr=params.learning_rate,
+        weight_decay=params.weight_decay,
+    )
+    feats = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32))
+    tensors = [
+        torch.from_numpy(examples.hist_items),
+        torch.from_numpy(examples.hist_mask),
+        torch.from_numpy(examples.user_cats),
+        torch.from_numpy(examples.target),
+    ]
+    n = len(examples.target)
+    losses: list[float] = []
+    for epoch in range(params.epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        total, batches = 0.0, 0
+        user.train()
+        item.train()
+        for start in range(0, n, params.batch_size):
+            rows = order[start : start + params.batch_size]
+            hist, mask, cats, target = (t[rows] for t in tensors)
+            negatives = torch.from_numpy(rng.integers(0, n_items, params.uniform_negatives))
+            candidates = torch.cat([target, negatives])
+            ids = candidates + 1
+            drop = torch.from_numpy(rng.random(len(ids)) < params.id_dropout)
+            ids = torch.where(drop, torch.zeros_like(ids), ids)
+            u = user(hist, mask, cats)
+            v = item(ids, feats[candidates])
+            logits = u @ v.T / params.temperature
+            # The same item may stand in several columns (a repeated positive or a sampled
+            # negative equal to the target): mask every column equal to the target except
+            # the target's own, so the model is not pushed away from the right item.
+            same = target.unsqueeze(1) == candidates.unsqueeze(0)
+            own = torch.zeros_like(same)
+            own[torch.arange(len(rows)), torch.arange(len(rows))] = True
+            logits = logits.masked_fill(same & ~own, float("-inf"))
+            loss = F.cross_entropy(logits, torch.arange(len(rows)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            batches += 1
+        losses.append(total / max(batches, 1))
+        log.info("two-tower epoch %d/%d loss %.4f", epoch + 1, params.epochs, losses[-1])
+    user.eval()
+    item.eval()
+    return TrainedTowers(user=user, item=item, params=params, losses=losses)
+
+
+def export_onnx(towers: TrainedTowers, item_features: np.ndarray, history_length: int, out_dir: Path) -> dict[str, float]:
+    """Write user_tower.onnx and item_tower.onnx; return the max |torch - onnxruntime|
+    per tower on a sample batch (the parity check; the caller fails above 1e-5)."""
+    rng = np.random.default_rng(0)
+    n_items = item_features.shape[0]
+    b = 4
+    hist = torch.from_numpy(rng.integers(0, n_items + 1, (b, history_length)))
+    mask = torch.from_numpy((rng.random((b, history_length)) < 0.7).astype(np.float32))
+    cards = [emb.num_embeddings for emb in towers.user.fields]
+    cats = torch.from_numpy(np.stack([rng.integers(0, c, b) for c in cards], axis=1))
+    ids = torch.from_numpy(rng.integers(0, n_items + 1, b))
+    feats = torch.from_numpy(np.ascontiguousarray(item_features[rng.integers(0, n_items, b)], dtype=np.float32))
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    user_path, item_path = out_dir / "user_tower.onnx", out_dir / "item_tower.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            towers.user,
+            (hist, mask, cats),
+            str(user_path),
+            input_names=["hist_items", "hist_mask", "user_cats"],
+            output_names=["user_embedding"],
+            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        torch.onnx.export(
+            towers.item,
+            (ids, feats),
+            str(item_path),
+            input_names=["item_ids", "item_feats"],
+            output_names=["item_embedding"],
+            dynamic_shapes=({0: batch}, {0: batch}),
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        want_user = towers.user(hist, mask, cats).numpy()
+        want_item = towers.item(ids, feats).numpy()
+    got_user = _session(user_path).run(
+        None, {"hist_items": hist.numpy(), "hist_mask": mask.numpy(), "user_cats": cats.numpy()}
+    )[0]
+    got_item = _session(item_path).run(None, {"item_ids": ids.numpy(), "item_feats": feats.numpy()})[0]
+    return {
+        "user_tower_max_abs_diff": float(np.abs(got_user - want_user).max()),
+        "item_tower_max_abs_diff": float(np.abs(got_item - want_item).max()),
+    }
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def params_json(params: TwoTowerParams) -> dict[str, object]:
+    return {**asdict(params), "user_fields": list(USER_FIELDS)}
