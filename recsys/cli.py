@@ -18,7 +18,7 @@ def _setup_logging(verbose: bool) -> None:
         stream=sys.stderr,
     )
     # The ONNX exporter narrates every optimisation pass at INFO; keep ours readable.
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import warnings
 

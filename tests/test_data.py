@@ -454,6 +454,9 @@ def test_import_csv_errors_name_the_problem(tmp_path: Path) -> None:
     path.write_text("user_id,item_id,timestamp,value\n1,2,100,4\n1,3,yesterday,4\n")
     with pytest.raises(DatasetError, match=r"e.csv: column 'timestamp', row 1: 'yesterday'"):
         import_csv(path, None, None, {})
+    path.write_text("user_id,item_id,timestamp,value\n1,2,1577836800000,4\n")
+    with pytest.raises(DatasetError, match="milliseconds"):
+        import_csv(path, None, None, {})
     with pytest.raises(DatasetError, match="column 'uid'"):
         import_csv(path, None, None, {"user_id": "uid"})
     with pytest.raises(ValueError, match="unknown canonical column 'stars'"):

@@ -16,8 +16,8 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,15 +91,21 @@ def _as_int64(series: pd.Series, frame: str, column: str) -> pd.Series:
     """Integer column or DatasetError at the first value that is not a whole number."""
     if pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series):
         return series.astype(np.int64)
+    if isinstance(series.dtype, pd.StringDtype) and series.notna().all():
+        text = series.str.strip()  # fast path for text read from CSV
+        # < 19 characters always fits in int64; longer values take the checked loop below.
+        if (text.str.fullmatch(_INT_RE.pattern) & (text.str.len() < 19)).all():
+            return text.astype(np.int64)
     values = series.to_numpy(dtype=object)
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
-        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
-            out[i] = int(v)
-        elif isinstance(v, str) and _INT_RE.fullmatch(v.strip()):
-            out[i] = int(v.strip())
-        else:
+        if isinstance(v, str) and _INT_RE.fullmatch(v.strip()):
+            v = int(v.strip())
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
             raise _error(frame, column, i, f"{v!r} is not an integer")
+        if not -(2**63) <= v < 2**63:
+            raise _error(frame, column, i, f"{v} does not fit in int64")
+        out[i] = v
     return pd.Series(out, index=series.index, name=series.name)
 
 
@@ -152,12 +158,13 @@ def make_dataset(
     `|`-joined strings.
     """
     ds = Dataset(
-        interactions=_sort_by_time(_coerce(interactions, "interactions")),
+        interactions=_coerce(interactions, "interactions"),
         items=_coerce(items, "items"),
         users=_coerce(users, "users"),
         meta=dict(meta or {}),
     )
-    validate(ds)
+    validate(ds)  # before sorting, so reported rows are input rows
+    ds.interactions = _sort_by_time(ds.interactions)
     ds.meta = _recount(ds)
     return ds
 
@@ -176,13 +183,12 @@ def _check_columns(df: pd.DataFrame, frame: str) -> None:
 
 
 def _check_ids(series: pd.Series, frame: str, column: str, *, allow_empty: bool = False) -> None:
-    text = series.astype(object)
-    is_str = np.fromiter((isinstance(v, str) for v in text), dtype=bool, count=len(text))
-    ok = is_str.copy()
-    if is_str.any():
-        ok[is_str] = pd.Series(text[is_str], dtype=object).str.fullmatch(_ID_RE).to_numpy(bool)
-        if allow_empty:
-            ok[is_str] |= pd.Series(text[is_str], dtype=object).eq("").to_numpy(bool)
+    text = pd.Series(series.to_numpy(dtype=object), dtype=object)
+    is_str = text.map(lambda v: isinstance(v, str)).to_numpy(bool)
+    as_text = text.where(is_str, "")
+    ok = is_str & as_text.str.fullmatch(_ID_RE).to_numpy(bool)
+    if allow_empty:
+        ok |= is_str & as_text.eq("").to_numpy(bool)
     bad = np.flatnonzero(~ok)
     if len(bad):
         v = text.iloc[bad[0]]
@@ -372,7 +378,9 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     meta = _recount(ds)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # A plain mkdir (not mkdtemp, which is 0700) so the result gets the usual umask mode.
+    tmp = target.parent / f".{target.name}.tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()
     try:
         frames = {"interactions": _sort_by_time(ds.interactions), "items": ds.items,
                   "users": ds.users}  # fmt: skip
@@ -383,11 +391,15 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
             json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
         if target.exists():
-            # Directories cannot be swapped in one rename; move the old one aside first so
-            # readers see either the old or the new dataset, never a half-written one.
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rename(target, old / target.name)
-            os.rename(tmp, target)
+            # A directory cannot replace a non-empty one in one rename: move the old one
+            # aside first. Readers may briefly find no DIR, never a half-written one.
+            old = target.parent / f".{target.name}.old-{secrets.token_hex(6)}"
+            os.rename(target, old)
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                os.rename(old, target)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)

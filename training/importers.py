@@ -44,7 +44,15 @@ def parse_timestamps(values: pd.Series, file: str, column: str) -> np.ndarray:
     out = np.zeros(len(text), dtype=np.int64)
     numeric = text.str.fullmatch(_NUMERIC_RE).to_numpy(bool)
     if numeric.any():
-        out[numeric] = np.floor(text[numeric].astype(np.float64).to_numpy()).astype(np.int64)
+        seconds = np.floor(text[numeric].astype(np.float64).to_numpy())
+        too_big = np.flatnonzero(np.abs(seconds) >= 1e11)  # past the year 5000
+        if len(too_big):
+            row = int(np.flatnonzero(numeric)[too_big[0]])
+            raise DatasetError(
+                f"{file}: column {column!r}, row {row}: {text.iloc[row]!r} is not plausible "
+                "Unix seconds (milliseconds? divide by 1000 first)"
+            )
+        out[numeric] = seconds.astype(np.int64)
     rest = np.flatnonzero(~numeric)
     if len(rest):
         parsed = pd.to_datetime(text.iloc[rest], utc=True, format="ISO8601", errors="coerce")

@@ -267,6 +267,149 @@ def _tags(rng: np.random.Generator, genre_weight: np.ndarray, genres: list[str])
     return out
 
 
+def _activity(
+    rng: np.random.Generator, n_users: int, n_items: int, days: int, per_user: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Activity windows in days [join, leave), at least 7 days, and heavy-tailed
+    (log-normal) engagement counts whose mean gives ~per_user interaction rows."""
+    join = np.where(rng.random(n_users) < 0.35, rng.integers(0, int(0.7 * days) + 1, n_users), 0)
+    churn = rng.random(n_users) < 0.2
+    leave = np.where(churn, join + np.ceil(rng.uniform(0.3, 1.0, n_users) * (days - join)), days)
+    leave = np.clip(np.maximum(leave, join + 7), 0, days).astype(np.int64)
+    join = np.minimum(join, leave - 7)
+    sigma = 1.0
+    mean_log = np.log(per_user / ROWS_PER_ENGAGEMENT) - sigma**2 / 2  # E[lognormal] = mean
+    engaged = np.ceil(rng.lognormal(mean_log, sigma, n_users))
+    return join, leave, np.clip(engaged, 2, max(2, n_items // 3)).astype(np.int64)
+
+
+def _draw_pairs(
+    rng: np.random.Generator, user_vec: np.ndarray, item_vec: np.ndarray, items: dict,
+    private_owner: np.ndarray, join: np.ndarray, leave: np.ndarray, engaged: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(user, item) of engagements and of shown-not-clicked impressions, user-major.
+
+    Engagements: softmax over beta * (u . v) + log popularity + 0.5 * quality + log
+    exposure, where exposure is the share of the user's window the item existed (items
+    that existed less than a day, or private items of other users, are never drawn).
+    Impressions come from a popularity-leaning recommender: 0.3 * beta * (u . v) + log pop.
+    """
+    n_users, n_items = len(user_vec), len(item_vec)
+    n_shown = np.round(EXTRA_IMPRESSIONS * engaged).astype(np.int64)
+    created_day = (items["created"] - START) / DAY  # fractional; negative = before START
+    log_pop = np.log(items["popularity"])
+    pair_user, pair_item, shown_user, shown_item = [], [], [], []
+    chunk = max(1, 2_000_000 // n_items)  # bounds the users x items matrices in memory
+    for s in range(0, n_users, chunk):
+        rows = np.arange(s, min(n_users, s + chunk))
+        affinity = user_vec[rows] @ item_vec.T
+        span = (leave[rows] - join[rows])[:, None].astype(float)
+        alive = leave[rows][:, None] - np.maximum(join[rows][:, None], created_day[None, :])
+        with np.errstate(divide="ignore"):
+            log_exposure = np.log(np.clip(alive / span, 0.0, 1.0))
+        log_exposure[alive < 1.0] = -np.inf
+        hidden = (private_owner[None, :] >= 0) & (private_owner[None, :] != rows[:, None])
+        log_exposure[hidden] = -np.inf
+        n_avail = np.isfinite(log_exposure).sum(axis=1)
+        logits = BETA * affinity + log_pop + 0.5 * items["quality"] + log_exposure
+        k = np.minimum(engaged[rows], n_avail)
+        pair_user.append(np.repeat(rows, k))
+        pair_item.append(_top_k_rows(rng, logits, k))
+        k_shown = np.minimum(n_shown[rows], n_avail)
+        shown_logits = 0.3 * BETA * affinity + log_pop + log_exposure
+        shown_user.append(np.repeat(rows, k_shown))
+        shown_item.append(_top_k_rows(rng, shown_logits, k_shown))
+    return (np.concatenate(pair_user), np.concatenate(pair_item),
+            np.concatenate(shown_user), np.concatenate(shown_item))  # fmt: skip
+
+
+def _day_cdf(rng: np.random.Generator, n_genres: int, days: int) -> np.ndarray:
+    """float64[n_genres, days + 1]: cumulative daily weight per genre, 0 .. 1.
+
+    weight(g, d) = weekday(d) x growth(d) x (1 + amp_g cos(2 pi (d - phase_g) / 365))
+    """
+    day = np.arange(days)
+    amp = rng.uniform(0.2, 0.8, n_genres)
+    phase = rng.uniform(0.0, 365.0, n_genres)
+    season = 1.0 + amp[:, None] * np.cos(2 * np.pi * (day[None, :] - phase[:, None]) / 365.0)
+    weight = WEEKDAY_WEIGHTS[day % 7] * (1.0 + 0.4 * day / days) * season
+    cum = np.concatenate([np.zeros((n_genres, 1)), np.cumsum(weight, axis=1)], axis=1)
+    return cum / cum[:, -1:]
+
+
+@dataclass(frozen=True)
+class _Timeline:
+    cum: np.ndarray  # _day_cdf
+    join: np.ndarray
+    leave: np.ndarray
+    items: dict
+    days: int
+
+    @property
+    def end(self) -> int:
+        return START + self.days * DAY
+
+    def sample(self, rng: np.random.Generator, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+        """A time for each (u, i): a day within the user's window and the item's life,
+        weighted by the item's primary genre; an hour from the evening-heavy curve; at
+        least 10 minutes after the item was created."""
+        created = self.items["created"][i]
+        created_day = np.maximum((created - START) // DAY, 0)
+        lo = np.maximum(self.join[u], created_day)
+        day = _sample_days(rng, self.cum, self.items["primary"][i], lo, self.leave[u])
+        hour = rng.choice(24, size=len(u), p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+        t = START + day * DAY + hour * 3600 + rng.integers(0, 3600, size=len(u))
+        return np.minimum(np.maximum(t, created + 600), self.end - 1)
+
+
+def _events(
+    rng: np.random.Generator, pu: np.ndarray, pi: np.ndarray, su: np.ndarray, si: np.ndarray,
+    user_vec: np.ndarray, item_vec: np.ndarray, items: dict, timeline: _Timeline,
+) -> pd.DataFrame:  # fmt: skip
+    """Interaction rows (user and item as integer indices) for engagements and impressions.
+
+    satisfaction = 3.5 + 1.2 z(u . v) + quality + noise drives the rating (rounded, 1..5),
+    the watched share of the item and the chance of a like or dislike.
+    """
+    n = len(pu)
+    t_click = timeline.sample(rng, pu, pi)
+    affinity = np.einsum("ij,ij->i", user_vec[pu], item_vec[pi])
+    z = (affinity - affinity.mean()) / (affinity.std() + 1e-9)
+    satisfaction = 3.5 + 1.2 * z + items["quality"][pi] + rng.normal(0.0, 0.6, n)
+    rating = np.clip(np.round(satisfaction), 1, 5)
+    session = rng.random(n) < SESSION_FRACTION
+    completion = np.clip(0.15 + 0.2 * (satisfaction - 1) + rng.normal(0, 0.1, n), 0.02, 1)
+    watch_s = np.round(items["duration"][pi] * completion)
+    watched = session & (rng.random(n) < P_WATCH)
+    after = t_click + np.where(watched, watch_s, 0).astype(np.int64)
+    p_like = np.select([satisfaction >= 4.5, satisfaction >= 3.5], [0.45, 0.2], 0.02)
+    p_dislike = np.select([satisfaction < 1.5, satisfaction < 2.5], [0.5, 0.25], 0.01)
+    liked = session & (rng.random(n) < p_like)
+    disliked = session & ~liked & (rng.random(n) < p_dislike)
+    rated = ~session | (rng.random(n) < P_RATE_IN_SESSION)
+
+    parts = [
+        (session, pu, pi, t_click - rng.integers(5, 600, n), "impression", 1.0),
+        (session, pu, pi, t_click, "click", 1.0),
+        (watched, pu, pi, t_click + 5, "watch", watch_s),
+        (rated, pu, pi, after + rng.integers(10, 300, n), "rating", rating),
+        (liked, pu, pi, after + rng.integers(5, 200, n), "like", 1.0),
+        (disliked, pu, pi, after + rng.integers(5, 200, n), "dislike", 1.0),
+        (np.ones(len(su), bool), su, si, timeline.sample(rng, su, si), "impression", 1.0),
+    ]
+    frames = []
+    for mask, u, i, t, event, value in parts:
+        value_arr = np.broadcast_to(np.asarray(value, dtype=np.float64), mask.shape)
+        frames.append(pd.DataFrame({
+            "user_id": u[mask],
+            "item_id": i[mask],
+            "timestamp": np.minimum(t[mask], timeline.end - 1).astype(np.int64),
+            "event_type": event,
+            "value": value_arr[mask],
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
 def generate_with_truth(
     n_users: int = 2000,
     n_items: int = 1500,
@@ -293,103 +436,17 @@ def generate_with_truth(
         items["genre_weight"] @ genre_vec + NOISE * rng.normal(size=(n_items, LATENT_DIM))
     )
 
-    # Activity windows in days [join, leave) and heavy-tailed engagement counts.
-    join = np.where(rng.random(n_users) < 0.35, rng.integers(0, int(0.7 * days) + 1, n_users), 0)
-    churn = rng.random(n_users) < 0.2
-    leave = np.where(churn, join + np.ceil(rng.uniform(0.3, 1.0, n_users) * (days - join)), days)
-    leave = np.clip(np.maximum(leave, join + 7), 0, days).astype(np.int64)
-    join = np.minimum(join, leave - 7)
-    mean_engaged = interactions_per_user / ROWS_PER_ENGAGEMENT
-    sigma = 1.0
-    engaged = np.ceil(rng.lognormal(np.log(mean_engaged) - sigma**2 / 2, sigma, n_users))
-    engaged = np.clip(engaged, 2, max(2, n_items // 3)).astype(np.int64)
-    n_shown = np.round(EXTRA_IMPRESSIONS * engaged).astype(np.int64)
-
-    created_day = (items["created"] - START) / DAY  # fractional; negative = before START
-    log_pop = np.log(items["popularity"])
+    join, leave, engaged = _activity(rng, n_users, n_items, days, interactions_per_user)
     private_owner = np.array([int(o[1:]) if o else -1 for o in owners])
-    pair_user, pair_item, shown_user, shown_item = [], [], [], []
-    chunk = max(1, 2_000_000 // n_items)
-    for s in range(0, n_users, chunk):
-        rows = np.arange(s, min(n_users, s + chunk))
-        affinity = user_vec[rows] @ item_vec.T
-        # log of the share of the user's window during which the item existed.
-        span = (leave[rows] - join[rows])[:, None].astype(float)
-        alive = leave[rows][:, None] - np.maximum(join[rows][:, None], created_day[None, :])
-        with np.errstate(divide="ignore"):
-            log_exposure = np.log(np.clip(alive / span, 0.0, 1.0))
-        log_exposure[alive < 1.0] = -np.inf  # needs a full day to be drawn in
-        hidden = (private_owner[None, :] >= 0) & (private_owner[None, :] != rows[:, None])
-        log_exposure[hidden] = -np.inf
-        n_avail = np.isfinite(log_exposure).sum(axis=1)
-        logits = BETA * affinity + log_pop + 0.5 * items["quality"] + log_exposure
-        k = np.minimum(engaged[rows], n_avail)
-        pair_user.append(np.repeat(rows, k))
-        pair_item.append(_top_k_rows(rng, logits, k))
-        # What a popularity-leaning recommender showed without a click.
-        k_shown = np.minimum(n_shown[rows], n_avail)
-        shown_logits = 0.3 * BETA * affinity + log_pop + log_exposure
-        shown_user.append(np.repeat(rows, k_shown))
-        shown_item.append(_top_k_rows(rng, shown_logits, k_shown))
-    pu, pi = np.concatenate(pair_user), np.concatenate(pair_item)
-    su, si = np.concatenate(shown_user), np.concatenate(shown_item)
-
-    # Daily weights per genre: weekly rhythm x platform growth x genre season.
-    day = np.arange(days)
-    amp = rng.uniform(0.2, 0.8, n_genres)
-    phase = rng.uniform(0.0, 365.0, n_genres)
-    season = 1.0 + amp[:, None] * np.cos(2 * np.pi * (day[None, :] - phase[:, None]) / 365.0)
-    weight = WEEKDAY_WEIGHTS[day % 7] * (1.0 + 0.4 * day / days) * season
-    cum = np.concatenate([np.zeros((n_genres, 1)), np.cumsum(weight, axis=1)], axis=1)
-    cum /= cum[:, -1:]
-    hour_p = HOUR_WEIGHTS / HOUR_WEIGHTS.sum()
-    end = START + days * DAY
-
-    def times(u: np.ndarray, i: np.ndarray) -> np.ndarray:
-        lo = np.maximum(join[u], np.maximum(np.floor(created_day[i]), 0).astype(np.int64))
-        d = _sample_days(rng, cum, items["primary"][i], lo, leave[u])
-        t = START + d * DAY + rng.choice(24, size=len(u), p=hour_p) * 3600
-        t = t + rng.integers(0, 3600, size=len(u))
-        return np.minimum(np.maximum(t, items["created"][i] + 600), end - 1)
-
-    t_click = times(pu, pi)
-    affinity = np.einsum("ij,ij->i", user_vec[pu], item_vec[pi])
-    z = (affinity - affinity.mean()) / (affinity.std() + 1e-9)
-    satisfaction = 3.5 + 1.2 * z + items["quality"][pi] + rng.normal(0.0, 0.6, len(pu))
-    rating = np.clip(np.round(satisfaction), 1, 5)
-    session = rng.random(len(pu)) < SESSION_FRACTION
-    completion = np.clip(0.15 + 0.2 * (satisfaction - 1) + rng.normal(0, 0.1, len(pu)), 0.02, 1)
-    watch_s = np.round(items["duration"][pi] * completion)
-    watched = session & (rng.random(len(pu)) < P_WATCH)
-    after = t_click + np.where(watched, watch_s, 0).astype(np.int64)
-    p_like = np.select([satisfaction >= 4.5, satisfaction >= 3.5], [0.45, 0.2], 0.02)
-    p_dislike = np.select([satisfaction < 1.5, satisfaction < 2.5], [0.5, 0.25], 0.01)
-    liked = session & (rng.random(len(pu)) < p_like)
-    disliked = session & ~liked & (rng.random(len(pu)) < p_dislike)
-    rated = ~session | (rng.random(len(pu)) < P_RATE_IN_SESSION)
-
-    parts = [
-        (session, pu, pi, t_click - rng.integers(5, 600, len(pu)), "impression", 1.0),
-        (session, pu, pi, t_click, "click", 1.0),
-        (watched, pu, pi, t_click + 5, "watch", watch_s),
-        (rated, pu, pi, after + rng.integers(10, 300, len(pu)), "rating", rating),
-        (liked, pu, pi, after + rng.integers(5, 200, len(pu)), "like", 1.0),
-        (disliked, pu, pi, after + rng.integers(5, 200, len(pu)), "dislike", 1.0),
-        (np.ones(len(su), bool), su, si, times(su, si), "impression", 1.0),
-    ]
+    pu, pi, su, si = _draw_pairs(
+        rng, user_vec, item_vec, items, private_owner, join, leave, engaged
+    )
+    timeline = _Timeline(_day_cdf(rng, n_genres, days), join, leave, items, days)
     user_ids = np.array([f"u{u:06d}" for u in range(n_users)], dtype=object)
     item_ids = np.array([f"i{i:06d}" for i in range(n_items)], dtype=object)
-    frames = []
-    for mask, u, i, t, event, value in parts:
-        value_arr = np.broadcast_to(np.asarray(value, dtype=np.float64), mask.shape)
-        frames.append(pd.DataFrame({
-            "user_id": user_ids[u[mask]],
-            "item_id": item_ids[i[mask]],
-            "timestamp": np.minimum(t[mask], end - 1).astype(np.int64),
-            "event_type": event,
-            "value": value_arr[mask],
-        }))  # fmt: skip
-    interactions = pd.concat(frames, ignore_index=True)
+    interactions = _events(rng, pu, pi, su, si, user_vec, item_vec, items, timeline)
+    interactions["user_id"] = user_ids[interactions["user_id"].to_numpy()]
+    interactions["item_id"] = item_ids[interactions["item_id"].to_numpy()]
 
     item_genres = [[genres[g] for g in np.flatnonzero(w)] for w in items["genre_weight"]]
     # Primary genre first: list order is the item's own ranking of its genres.

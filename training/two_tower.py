@@ -155,7 +155,7 @@ def train_two_tower(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             batches += 1
         losses.append(total / max(batches, 1))
         log.info("two-tower epoch %d/%d loss %.4f", epoch + 1, params.epochs, losses[-1])

@@ -27,6 +27,7 @@ class _EventType:
 class _EventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVENT_TYPE_UNSPECIFIED: _EventType.ValueType  # 0
+    """Never valid: a request carrying it gets INVALID_ARGUMENT."""
     EVENT_TYPE_IMPRESSION: _EventType.ValueType  # 1
     """The item was shown to the user."""
     EVENT_TYPE_CLICK: _EventType.ValueType  # 2
@@ -46,6 +47,7 @@ class EventType(_EventType, metaclass=_EventTypeEnumTypeWrapper):
     """What a user did. Values are validated per type (see Event.value)."""
 
 EVENT_TYPE_UNSPECIFIED: EventType.ValueType  # 0
+"""Never valid: a request carrying it gets INVALID_ARGUMENT."""
 EVENT_TYPE_IMPRESSION: EventType.ValueType  # 1
 """The item was shown to the user."""
 EVENT_TYPE_CLICK: EventType.ValueType  # 2

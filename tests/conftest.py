@@ -1,0 +1,64 @@
+"""Shared fixtures: one tiny synthetic dataset and one bundle trained on it per session.
+
+Everything is built here from the synthetic generator (never from ../shared), so the suite
+passes from a clean clone. Numba's compile cache goes to .cache/numba unless the caller set
+NUMBA_CACHE_DIR (make test and .ci/run do).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+
+# Small enough to train in seconds on 2 cores, large enough for the towers to learn.
+TINY = dict(n_users=240, n_items=300, seed=7, days=120, interactions_per_user=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    from training.synthetic import generate
+
+    return generate(**TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from training.pipeline import MFParams, TrainConfig
+    from training.two_tower import TwoTowerParams
+
+    return TrainConfig(
+        two_tower=replace(TwoTowerParams(), epochs=4, batch_size=256),
+        mf=replace(MFParams(), iterations=6, factors=16),
+        history_length=20,
+    )
+
+
+@pytest.fixture(scope="session")
+def bundle_root(tmp_path_factory, tiny_dataset, tiny_config) -> Path:
+    from training.pipeline import train
+
+    root = tmp_path_factory.mktemp("bundles")
+    train(tiny_dataset, root, tiny_config)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_root):
+    from recsys.bundle import load_bundle
+
+    return load_bundle(bundle_root)
+
+
+@pytest.fixture(scope="session")
+def retriever(bundle):
+    from candidate_svc.retrieval import Retriever
+
+    r = Retriever(bundle)
+    r.warmup()
+    return r

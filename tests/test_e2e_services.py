@@ -1,0 +1,224 @@
+"""Both services as real processes on free loopback ports, talked to over real gRPC."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from recsys.procs import start_service
+from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+K = 10
+
+
+@pytest.fixture(scope="module")
+def services(bundle_root, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("svc-logs")
+    cand = start_service("candidate", ["--bundle", str(bundle_root)], logs)
+    rank = None
+    try:
+        rank = start_service(
+            "ranking",
+            ["--bundle", str(bundle_root), "--candidate-address", cand.address,
+             "--event-db", str(logs / "events.sqlite3")],
+            logs,
+        )
+        yield cand, rank
+    finally:
+        codes = {s.kind: s.stop() for s in (rank, cand) if s is not None}
+        assert codes == {"ranking": 0, "candidate": 0} or codes == {"candidate": 0}, (
+            f"services must exit 0 on SIGTERM, got {codes}"
+        )
+
+
+@pytest.fixture(scope="module")
+def ranking(services):
+    with grpc.insecure_channel(services[1].address) as channel:
+        yield ranking_pb2_grpc.RankingServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def candidate(services):
+    with grpc.insecure_channel(services[0].address) as channel:
+        yield candidate_pb2_grpc.CandidateServiceStub(channel)
+
+
+def known_user(bundle) -> tuple[str, int]:
+    """The user with the most training interactions."""
+    sizes = [len(bundle.user_seen.row(u)) for u in range(len(bundle.user_ids))]
+    row = max(range(len(sizes)), key=sizes.__getitem__)
+    return bundle.user_ids[row], row
+
+
+def test_health_and_reflection(services):
+    for svc, name in ((services[0], "recsys.v1.CandidateService"), (services[1], "recsys.v1.RankingService")):
+        with grpc.insecure_channel(svc.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", name):
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING, (svc.kind, service)
+            refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+            (answer,) = refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = {s.name for s in answer.list_services_response.service}
+            assert name in names and "grpc.health.v1.Health" in names, names
+
+
+def test_known_user_gets_k_distinct_unseen_items(ranking, bundle):
+    user, row = known_user(bundle)
+    seen = {bundle.item_ids[i] for i in bundle.user_seen.row(row)}
+    resp = ranking.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+    ids = [it.item_id for it in resp.items]
+    assert len(ids) == K and len(set(ids)) == K, ids
+    assert not seen & set(ids), f"returned already-seen items {seen & set(ids)}"
+    assert resp.bundle_version == bundle.version
+    assert not resp.degraded and not resp.cold_start
+    scores = [it.score for it in resp.items]
+    assert scores == sorted(scores, reverse=True), "items must come best first"
+    for it in resp.items:
+        assert it.sources and set(it.sources) <= {"two_tower", "popular"}, it.sources
+        assert it.title == bundle.titles[bundle.item_index[it.item_id]]
+        flags = bundle.flags[bundle.item_index[it.item_id]]
+        assert "blocked" not in flags and "misinformation" not in flags
+
+
+def test_new_user_is_cold_start_not_an_error(ranking, bundle):
+    resp = ranking.Recommend(
+        ranking_pb2.RecommendRequest(user_id="brand-new-user", k=K,
+                                     features=common_pb2.UserFeatures(age=31, region="nowhere")),
+        timeout=10,
+    )
+    assert resp.cold_start and not resp.degraded
+    assert len({it.item_id for it in resp.items}) == K
+
+
+def test_events_change_the_next_answer(ranking, bundle):
+    user = "fresh-user-events"
+    before = ranking.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+    assert before.cold_start
+    liked = [it.item_id for it in before.items[:3]]
+    now = int(time.time() * 1000)
+    batch = ranking_pb2.LogEventsRequest(events=[
+        ranking_pb2.Event(idempotency_key=f"{user}-{n}", user_id=user, item_id=item,
+                          type=ranking_pb2.EVENT_TYPE_LIKE, timestamp_ms=now - n)
+        for n, item in enumerate(liked)
+    ])
+    ack = ranking.LogEvents(batch, timeout=10)
+    assert (ack.stored, ack.duplicates) == (3, 0)
+    again = ranking.LogEvents(batch, timeout=10)
+    assert (again.stored, again.duplicates) == (0, 3), "a retried batch must be stored once"
+    after = ranking.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+    assert not after.cold_start
+    assert not set(liked) & {it.item_id for it in after.items}, "liked items are seen: never re-shown"
+    assert [it.item_id for it in after.items] != [it.item_id for it in before.items]
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, field",
+    [
+        (dict(user_id="u", k=0), "k"),
+        (dict(user_id="u", k=101), "k"),
+        (dict(user_id="", k=5), "user_id"),
+        (dict(user_id="has space", k=5), "user_id"),
+        (dict(user_id="x" * 129, k=5), "user_id"),
+        (dict(user_id="ctl\x01", k=5), "user_id"),
+        (dict(user_id="u", k=5, features=common_pb2.UserFeatures(age=200)), "features.age"),
+        (dict(user_id="u", k=5, exclude_item_ids=["ok", "bad id"]), "exclude_item_ids[1]"),
+        (dict(user_id="u", k=5, request_time_ms=5), "request_time_ms"),
+    ],
+)
+def test_recommend_rejects_bad_input(ranking, request_kwargs, field):
+    with pytest.raises(grpc.RpcError) as err:
+        ranking.Recommend(ranking_pb2.RecommendRequest(**request_kwargs), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:"), err.value.details()
+
+
+def _event(**kw) -> ranking_pb2.Event:
+    base = dict(idempotency_key="k1", user_id="u1", item_id="i1", type=ranking_pb2.EVENT_TYPE_CLICK,
+                timestamp_ms=int(time.time() * 1000))
+    return ranking_pb2.Event(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "events, field",
+    [
+        ([], "events"),
+        ([_event()] * 1001, "events"),
+        ([_event(), _event(type=ranking_pb2.EVENT_TYPE_UNSPECIFIED)], "events[1].type"),
+        ([_event(idempotency_key="")], "events[0].idempotency_key"),
+        ([_event(item_id="")], "events[0].item_id"),
+        ([_event(type=ranking_pb2.EVENT_TYPE_RATING, value=9)], "events[0].value"),
+        ([_event(type=ranking_pb2.EVENT_TYPE_SEARCH, query="cats")], "events[0].item_id"),
+        ([_event(type=ranking_pb2.EVENT_TYPE_SEARCH, item_id="", query="")], "events[0].query"),
+        ([_event(timestamp_ms=int(time.time() * 1000) + 3 * 86_400_000)], "events[0].timestamp_ms"),
+        ([_event(timestamp_ms=0)], "events[0].timestamp_ms"),
+    ],
+)
+def test_log_events_rejects_bad_input(ranking, events, field):
+    with pytest.raises(grpc.RpcError) as err:
+        ranking.LogEvents(ranking_pb2.LogEventsRequest(events=events), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:"), err.value.details()
+
+
+def test_retrieve_directly(candidate, bundle):
+    user, row = known_user(bundle)
+    history = [bundle.item_ids[i] for i in bundle.user_pos.row(row)[:10]]
+    exclude = [bundle.item_ids[i] for i in bundle.user_seen.row(row)]
+    resp = candidate.Retrieve(
+        candidate_pb2.RetrieveRequest(user_id=user, history_item_ids=history, num_candidates=50,
+                                      exclude_item_ids=exclude, request_time_ms=1_700_000_000_000),
+        timeout=10,
+    )
+    ids = [c.item_id for c in resp.candidates]
+    assert len(ids) == 50 and len(set(ids)) == 50
+    assert not set(exclude) & set(ids)
+    assert resp.history_used == 10
+    assert len(resp.user_embedding) == bundle.item_embeddings.shape[1]
+    scores = [c.two_tower_score for c in resp.candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert {s.source for c in resp.candidates for s in c.sources} == {"two_tower", "popular"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(num_candidates=0), "num_candidates"),
+        (dict(num_candidates=2001), "num_candidates"),
+        (dict(num_candidates=5, history_item_ids=["a b"]), "history_item_ids[0]"),
+        (dict(num_candidates=5, features=common_pb2.UserFeatures(gender="x" * 40)), "features.gender"),
+    ],
+)
+def test_retrieve_rejects_bad_input(candidate, kwargs, field):
+    with pytest.raises(grpc.RpcError) as err:
+        candidate.Retrieve(candidate_pb2.RetrieveRequest(**kwargs), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(f"{field}:"), err.value.details()
+
+
+def test_ranking_degrades_when_candidate_tier_is_down(bundle_root, bundle, tmp_path):
+    # Port 1 on loopback: nothing listens, so every Retrieve fails fast with UNAVAILABLE.
+    rank = start_service(
+        "ranking",
+        ["--bundle", str(bundle_root), "--candidate-address", "127.0.0.1:1",
+         "--event-db", str(tmp_path / "events.sqlite3")],
+        tmp_path,
+    )
+    try:
+        user, row = known_user(bundle)
+        seen = {bundle.item_ids[i] for i in bundle.user_seen.row(row)}
+        with grpc.insecure_channel(rank.address) as channel:
+            stub = ranking_pb2_grpc.RankingServiceStub(channel)
+            resp = stub.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+        assert resp.degraded and "UNAVAILABLE" in resp.degraded_reason, resp.degraded_reason
+        ids = [it.item_id for it in resp.items]
+        assert len(set(ids)) == K and not seen & set(ids)
+        assert all(list(it.sources) == ["fallback_popular"] for it in resp.items)
+    finally:
+        assert rank.stop() == 0

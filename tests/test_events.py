@@ -1,0 +1,228 @@
+"""The event store (ranking_svc/events.py): one contract, run against every implementation.
+
+`TestEventStoreContract` is the interface every store must satisfy (SQLite on a real file
+in tmp_path, and the in-memory one); `TestSQLiteEventStore` adds what only the durable
+store promises: data on disk across reopen, WAL + synchronous=FULL, and no lost writes
+under concurrent writers and readers.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from ranking_svc.events import (
+    EVENT_TYPES,
+    MemoryEventStore,
+    SQLiteEventStore,
+    StoredEvent,
+)
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def event(key: str, user: str = "u1", ts: int = 1_000, event_type: str = "click",
+          value: float = 1.0, item: str = "i1", query: str = "") -> StoredEvent:
+    return StoredEvent(
+        idempotency_key=key, user_id=user, item_id=item, event_type=event_type,
+        value=value, timestamp_ms=ts, query=query,
+    )
+
+
+def make_store(kind: str, tmp_path: Path):
+    if kind == "sqlite":
+        return SQLiteEventStore(tmp_path / "db" / "events.sqlite3")
+    if kind == "memory":
+        return MemoryEventStore()
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request, tmp_path):
+    s = make_store(request.param, tmp_path)
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------------------ contract
+
+
+class TestEventStoreContract:
+    def test_append_returns_stored_and_duplicates(self, store):
+        assert store.append([event("a"), event("b"), event("c")]) == (3, 0)
+        assert store.append([]) == (0, 0)
+
+    def test_retried_batch_is_stored_once(self, store):
+        batch = [event(f"k{i}", ts=1_000 + i) for i in range(5)]
+        assert store.append(batch) == (5, 0)
+        assert store.append(batch) == (0, 5), "a retried batch must be all duplicates"
+        # a partly new retry stores only the new keys
+        assert store.append(batch[:2] + [event("k5", ts=2_000)]) == (1, 2)
+        assert len(store.user_events("u1", 100)) == 6
+
+    def test_duplicates_inside_one_batch(self, store):
+        batch = [event("x", ts=1), event("y", ts=2), event("x", ts=3), event("x", ts=4)]
+        assert store.append(batch) == (2, 2)
+        got = store.user_events("u1", 10)
+        assert sorted(e.idempotency_key for e in got) == ["x", "y"]
+        # the first occurrence of a key wins; later copies are ignored, not merged
+        assert {e.idempotency_key: e.timestamp_ms for e in got}["x"] == 1
+
+    def test_round_trip_keeps_every_field(self, store):
+        e = event("q1", user="user-7", item="item-9", event_type="search", value=0.25,
+                  ts=1_700_000_000_123, query="time travel")
+        store.append([e])
+        assert store.user_events("user-7", 1) == [e]
+
+    def test_user_events_newest_first_by_timestamp(self, store):
+        # appended out of time order, so insertion order cannot fake the answer
+        stamps = [500, 100, 900, 300, 700, 200, 800]
+        store.append([event(f"e{ts}", ts=ts) for ts in stamps])
+        got = [e.timestamp_ms for e in store.user_events("u1", 100)]
+        assert got == sorted(stamps, reverse=True)
+
+    def test_user_events_respects_limit(self, store):
+        store.append([event(f"e{ts}", ts=ts) for ts in range(10, 0, -1)])
+        assert [e.timestamp_ms for e in store.user_events("u1", 3)] == [10, 9, 8]
+        assert [e.timestamp_ms for e in store.user_events("u1", 1)] == [10]
+        assert len(store.user_events("u1", 1_000)) == 10
+
+    def test_user_events_only_that_user(self, store):
+        store.append([
+            event("a1", user="alice", ts=1), event("b1", user="bob", ts=2),
+            event("a2", user="alice", ts=3), event("b2", user="bob", ts=4),
+            event("c1", user="alice-2", ts=5),  # a prefix of no one: no LIKE matching
+        ])
+        assert [e.idempotency_key for e in store.user_events("alice", 10)] == ["a2", "a1"]
+        assert [e.idempotency_key for e in store.user_events("bob", 10)] == ["b2", "b1"]
+        assert store.user_events("nobody", 10) == []
+
+    def test_same_key_for_another_user_is_a_duplicate(self, store):
+        # the idempotency key alone identifies an event, whoever sends it
+        assert store.append([event("k", user="alice")]) == (1, 0)
+        assert store.append([event("k", user="bob")]) == (0, 1)
+        assert store.user_events("bob", 10) == []
+
+
+# ------------------------------------------------------------------------------ StoredEvent
+
+
+# (event_type, value) -> (is_positive, is_negative, marks_seen)
+EVENT_FLAGS = [
+    ("impression", 1.0, (False, False, False)),
+    ("search", 1.0, (False, False, False)),
+    ("click", 1.0, (True, False, True)),
+    ("like", 1.0, (True, False, True)),
+    ("watch", 93.0, (True, False, True)),
+    ("dislike", 1.0, (False, True, True)),
+    ("rating", 5.0, (True, False, True)),
+    ("rating", 4.0, (True, False, True)),   # boundary: >= 4 is positive
+    ("rating", 3.5, (False, False, True)),
+    ("rating", 3.0, (False, False, True)),
+    ("rating", 2.5, (False, False, True)),
+    ("rating", 2.0, (False, True, True)),   # boundary: <= 2 is negative
+    ("rating", 0.5, (False, True, True)),
+]
+
+
+def test_event_flag_table_covers_every_event_type():
+    assert {t for t, _, _ in EVENT_FLAGS} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize(("event_type", "value", "expected"), EVENT_FLAGS,
+                         ids=[f"{t}-{v}" for t, v, _ in EVENT_FLAGS])
+def test_stored_event_flags(event_type, value, expected):
+    e = event("k", event_type=event_type, value=value)
+    assert (e.is_positive, e.is_negative, e.marks_seen) == expected
+
+
+# ------------------------------------------------------------------------------ SQLite only
+
+
+class TestSQLiteEventStore:
+    def test_data_survives_close_and_reopen(self, tmp_path):
+        path = tmp_path / "events.sqlite3"
+        first = SQLiteEventStore(path)
+        batch = [event(f"e{i}", ts=i, value=float(i)) for i in range(20)]
+        assert first.append(batch) == (20, 0)
+        first.close()
+
+        second = SQLiteEventStore(path)
+        try:
+            got = second.user_events("u1", 100)
+            assert got == sorted(batch, key=lambda e: e.timestamp_ms, reverse=True)
+            # the idempotency keys persisted too: a retry after restart is still a duplicate
+            assert second.append(batch[:5]) == (0, 5)
+        finally:
+            second.close()
+
+    def test_wal_and_synchronous_full_on_every_connection(self, tmp_path):
+        s = SQLiteEventStore(tmp_path / "events.sqlite3")
+        try:
+            s.append([event("a")])
+            reader = s._reader()  # this thread's read connection
+            seen: dict[str, sqlite3.Connection] = {"writer": s._writer, "reader": reader}
+            other: list[sqlite3.Connection] = []
+            t = threading.Thread(target=lambda: other.append(s._reader()))
+            t.start()
+            t.join()
+            seen["reader (other thread)"] = other[0]
+            assert other[0] is not reader, "each thread should get its own read connection"
+            for name, conn in seen.items():
+                assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal", name
+                assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2, (
+                    f"{name}: synchronous must be 2 (FULL) so an acknowledged batch is on disk"
+                )
+        finally:
+            s.close()
+
+    def test_concurrent_appends_and_reads_lose_nothing(self, tmp_path):
+        path = tmp_path / "events.sqlite3"
+        s = SQLiteEventStore(path)
+        n_threads, n_batches, batch_size = 8, 50, 4
+        errors: list[BaseException] = []
+        results: dict[int, list[tuple[int, int]]] = {}
+        start = threading.Barrier(n_threads)
+
+        def worker(t: int) -> None:
+            try:
+                start.wait()
+                out = []
+                for b in range(n_batches):
+                    batch = [event(f"t{t}-b{b}-{j}", user=f"user{t}", ts=b * batch_size + j)
+                             for j in range(batch_size)]
+                    # every other batch is retried at once, as a client on a lost ack would
+                    out.append(s.append(batch))
+                    if b % 2:
+                        out.append(s.append(batch))
+                    recent = s.user_events(f"user{t}", 5)
+                    if recent[0].timestamp_ms != b * batch_size + batch_size - 1:
+                        raise AssertionError(f"thread {t} batch {b}: read {recent[0]} after own write")
+                results[t] = out
+            except BaseException as exc:  # surfaced below, with the thread named
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=60)
+        assert not any(th.is_alive() for th in threads), "a worker hung"
+        assert not errors, errors
+        s.close()
+
+        expected_rows = n_threads * n_batches * batch_size
+        for t, out in results.items():
+            assert sum(stored for stored, _ in out) == n_batches * batch_size, f"thread {t}"
+            assert sum(dup for _, dup in out) == (n_batches // 2) * batch_size, f"thread {t}"
+        conn = sqlite3.connect(path)
+        try:
+            (rows,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+            per_user = dict(conn.execute("SELECT user_id, COUNT(*) FROM events GROUP BY user_id"))
+        finally:
+            conn.close()
+        assert rows == expected_rows
+        assert per_user == {f"user{t}": n_batches * batch_size for t in range(n_threads)}
