@@ -58,7 +58,8 @@ class SQLiteEventStore:
 
     SCHEMA = """
     CREATE TABLE IF NOT EXISTS events (
-        idempotency_key TEXT PRIMARY KEY,
+        seq INTEGER PRIMARY KEY,  -- insertion order: breaks timestamp ties (latest wins)
+        idempotency_key TEXT NOT NULL UNIQUE,
         user_id TEXT NOT NULL,
         item_id TEXT NOT NULL,
         event_type TEXT NOT NULL,
@@ -66,8 +67,8 @@ class SQLiteEventStore:
         timestamp_ms INTEGER NOT NULL,
         query TEXT NOT NULL DEFAULT '',
         received_ms INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
-    ) WITHOUT ROWID;
-    CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp_ms);
+    );
+    CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp_ms, seq);
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -77,6 +78,7 @@ class SQLiteEventStore:
         self._writer = self._connect()
         self._writer.executescript(self.SCHEMA)
         self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
@@ -90,6 +92,8 @@ class SQLiteEventStore:
         if conn is None:
             conn = self._connect()
             self._local.conn = conn
+            with self._write_lock:
+                self._readers.append(conn)
         return conn
 
     def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
@@ -115,9 +119,11 @@ class SQLiteEventStore:
         return stored, len(rows) - stored
 
     def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
+        if limit < 1:
+            return []
         rows = self._reader().execute(
             "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query"
-            " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC LIMIT ?",
+            " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC, seq DESC LIMIT ?",
             (user_id, limit),
         ).fetchall()
         return [StoredEvent(*row) for row in rows]
@@ -125,6 +131,9 @@ class SQLiteEventStore:
     def close(self) -> None:
         with self._write_lock:
             self._writer.close()
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
 
 
 class MemoryEventStore:
@@ -133,7 +142,7 @@ class MemoryEventStore:
 
     def __init__(self) -> None:
         self._by_key: dict[str, StoredEvent] = {}
-        self._by_user: dict[str, list[StoredEvent]] = {}
+        self._by_user: dict[str, list[tuple[int, StoredEvent]]] = {}
         self._lock = threading.Lock()
 
     def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
@@ -143,16 +152,18 @@ class MemoryEventStore:
                 if e.idempotency_key in self._by_key:
                     continue
                 self._by_key[e.idempotency_key] = e
-                self._by_user.setdefault(e.user_id, []).append(e)
+                self._by_user.setdefault(e.user_id, []).append((len(self._by_key), e))
                 stored += 1
         return stored, len(events) - stored
 
     def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
+        if limit < 1:
+            return []
         with self._lock:
             events = list(self._by_user.get(user_id, ()))
-        # newest first; ties keep the later append first, as SQLite's order is unspecified
-        events.sort(key=lambda e: e.timestamp_ms, reverse=True)
-        return events[:limit]
+        # newest first; among equal timestamps the later append first (as SQLite's seq)
+        events.sort(key=lambda se: (se[1].timestamp_ms, se[0]), reverse=True)
+        return [e for _, e in events[:limit]]
 
     def close(self) -> None:
         pass

@@ -34,7 +34,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     elif args.source == "ml-latest":
         ds = importers.import_ml_latest(args.src)
     elif args.source == "csv":
-        mapping = dict(pair.split("=", 1) for pair in args.map or [])
+        mapping = dict(args.map or [])
         ds = importers.import_csv(
             args.interactions, args.items, args.users, mapping, default_event_type=args.event_type
         )
@@ -59,9 +59,13 @@ def _train_config(args: argparse.Namespace):
     tt = TwoTowerParams()
     mf = MFParams()
     return TrainConfig(
-        two_tower=replace(tt, epochs=args.epochs or tt.epochs, seed=args.seed),
-        mf=replace(mf, iterations=args.mf_iterations or mf.iterations, factors=args.factors or mf.factors),
+        two_tower=replace(tt, epochs=_given(args.epochs, tt.epochs), seed=args.seed),
+        mf=replace(mf, iterations=_given(args.mf_iterations, mf.iterations), factors=_given(args.factors, mf.factors)),
     )
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -158,6 +162,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ---- parser ----------------------------------------------------------------------------
+def _mapping_pair(text: str) -> tuple[str, str]:
+    canonical, sep, source = text.partition("=")
+    if not sep or not canonical or not source:
+        raise argparse.ArgumentTypeError(f"expected CANONICAL=SOURCE, got {text!r}")
+    return canonical, source
+
+
 def build_parser() -> argparse.ArgumentParser:
     from recsys.config import CandidateConfig, RankingConfig, env_help
 
@@ -175,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interactions", required=True)
     c.add_argument("--items")
     c.add_argument("--users")
-    c.add_argument("--map", action="append", metavar="CANONICAL=SOURCE", help="column mapping, repeatable")
+    c.add_argument("--map", action="append", type=_mapping_pair, metavar="CANONICAL=SOURCE",
+                   help="column mapping, repeatable")
     c.add_argument("--event-type", default="rating", help="event_type when the file has none")
     c.add_argument("out")
     s = dsub.add_parser("synth", help="the built-in synthetic dataset")

@@ -99,11 +99,18 @@ def load(cls: type, overrides: Mapping[str, Any] | None = None, env: Mapping[str
         var = ENV_TABLE.get((cls, f.name))
         if var and var in env:
             values[f.name] = _parse(f.name, var, env[var], type(getattr(config, f.name)))
+    names = {f.name for f in fields(cls)}
     for key, value in (overrides or {}).items():
-        if value is not None:
-            if key not in {f.name for f in fields(cls)}:
-                raise ConfigError(f"{key}: unknown setting for {cls.__name__}")
-            values[key] = value
+        if key not in names:
+            raise ConfigError(f"{key}: unknown setting for {cls.__name__}")
+        if value is None:
+            continue
+        kind = type(getattr(config, key))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        values[key] = value
     return replace(config, **values).validate()
 
 

@@ -273,7 +273,7 @@ def test_serving_side_imports_without_torch():
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
     proc = subprocess.run(
         [sys.executable, "-c", NO_TORCH_SCRIPT], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
         f"serving imports need torch or the trainer (rc={proc.returncode}):\n"

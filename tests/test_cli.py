@@ -88,7 +88,8 @@ def test_installed_console_script_prints_help():
     script = Path(sys.executable).with_name("recsys")
     if not script.exists():
         pytest.skip(f"no console script beside {sys.executable}: package not installed")
-    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     assert "usage: recsys" in proc.stdout
 
@@ -107,7 +108,7 @@ def test_installed_console_script_prints_help():
     ["recommend"],  # --user is required
 ], ids=lambda a: " ".join(a) or "no-args")
 def test_bad_usage_exits_nonzero(argv, capsys):
-    code, out, err = run_main(argv, capsys)
+    code, _, err = run_main(argv, capsys)
     assert code != 0
     assert "usage: recsys" in err, err
 
@@ -132,7 +133,7 @@ def test_data_synth_writes_a_loadable_dataset(tmp_path):
     def synth(out: Path) -> dict:
         proc = subprocess.run(
             [*cmd, "data", "synth", str(out), "--users", "50", "--items", "60"],
-            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env, check=False,
         )
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout.strip().splitlines()[-1])

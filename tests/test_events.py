@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -183,35 +184,26 @@ class TestSQLiteEventStore:
         path = tmp_path / "events.sqlite3"
         s = SQLiteEventStore(path)
         n_threads, n_batches, batch_size = 8, 50, 4
-        errors: list[BaseException] = []
-        results: dict[int, list[tuple[int, int]]] = {}
         start = threading.Barrier(n_threads)
 
-        def worker(t: int) -> None:
-            try:
-                start.wait()
-                out = []
-                for b in range(n_batches):
-                    batch = [event(f"t{t}-b{b}-{j}", user=f"user{t}", ts=b * batch_size + j)
-                             for j in range(batch_size)]
-                    # every other batch is retried at once, as a client on a lost ack would
+        def worker(t: int) -> list[tuple[int, int]]:
+            start.wait(timeout=30)  # all threads hit the store at once
+            out = []
+            for b in range(n_batches):
+                batch = [event(f"t{t}-b{b}-{j}", user=f"user{t}", ts=b * batch_size + j)
+                         for j in range(batch_size)]
+                # every other batch is retried at once, as a client on a lost ack would
+                out.append(s.append(batch))
+                if b % 2:
                     out.append(s.append(batch))
-                    if b % 2:
-                        out.append(s.append(batch))
-                    recent = s.user_events(f"user{t}", 5)
-                    if recent[0].timestamp_ms != b * batch_size + batch_size - 1:
-                        raise AssertionError(f"thread {t} batch {b}: read {recent[0]} after own write")
-                results[t] = out
-            except BaseException as exc:  # surfaced below, with the thread named
-                errors.append(exc)
+                newest = s.user_events(f"user{t}", 5)[0].timestamp_ms
+                if newest != b * batch_size + batch_size - 1:
+                    raise AssertionError(f"thread {t} batch {b}: read ts {newest} after own write")
+            return out
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=60)
-        assert not any(th.is_alive() for th in threads), "a worker hung"
-        assert not errors, errors
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            futures = {t: pool.submit(worker, t) for t in range(n_threads)}
+            results = {t: f.result(timeout=60) for t, f in futures.items()}  # re-raises
         s.close()
 
         expected_rows = n_threads * n_batches * batch_size
