@@ -150,7 +150,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_loadtest(args: argparse.Namespace) -> int:
     from recsys.loadtest import run_closed_loop
 
-    report = run_closed_loop(args.address, args.users, args.concurrency, args.requests, args.k)
+    known: list[str] = []
+    if args.bundle:
+        from recsys.bundle import resolve_version_dir
+
+        known = json.loads((resolve_version_dir(args.bundle) / "users.json").read_text())["user_ids"]
+    report = run_closed_loop(args.address, known, args.concurrency, args.requests, args.k, args.cold_share)
     print(json.dumps(report, indent=2))
     return 0 if report["errors"] == {} else 1
 
@@ -246,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lt = sub.add_parser("loadtest", help="closed-loop load on a running ranking service")
     lt.add_argument("--address", default="127.0.0.1:50052")
-    lt.add_argument("--users", type=int, default=1000, help="distinct user ids drawn (u0..uN, plus cold ones)")
+    lt.add_argument("--bundle", help="draw known user ids from this bundle (else every user is new)")
+    lt.add_argument("--cold-share", type=float, default=0.1, help="share of requests from never-seen users")
     lt.add_argument("--concurrency", type=int, default=4)
     lt.add_argument("--requests", type=int, default=2000)
     lt.add_argument("--k", type=int, default=10)

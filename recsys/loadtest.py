@@ -18,11 +18,14 @@ import numpy as np
 from recsys.v1 import ranking_pb2, ranking_pb2_grpc
 
 
-def run_closed_loop(address: str, n_users: int, concurrency: int, requests: int, k: int,
+def run_closed_loop(address: str, known_users: list[str], concurrency: int, requests: int, k: int,
                     cold_share: float = 0.1, seed: int = 0) -> dict:
+    """`known_users`: ids to draw from (e.g. a bundle's users); a `cold_share` of requests
+    use fresh ids the system has never seen."""
     rng = np.random.default_rng(seed)
     user_ids = [
-        f"cold-{i}" if rng.random() < cold_share else str(int(rng.integers(1, n_users + 1)))
+        f"cold-{i}" if rng.random() < cold_share or not known_users
+        else known_users[int(rng.integers(0, len(known_users)))]
         for i in range(requests)
     ]
     latencies = np.zeros(requests, dtype=np.float64)
@@ -64,6 +67,7 @@ def run_closed_loop(address: str, n_users: int, concurrency: int, requests: int,
     return {
         "requests": requests,
         "concurrency": concurrency,
+        "cold_share": cold_share,
         "seconds": round(elapsed, 3),
         "rps": round(requests / elapsed, 1),
         "latency_ms": {p: round(float(np.percentile(ms, q)), 3)

@@ -35,7 +35,7 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("serve",): ["candidate", "ranking", "--bundle", "--host", "--port", "--port-file",
                  "--workers", "--candidate-address", "--event-db", "--retrieve-timeout-ms"],
     ("recommend",): ["--address", "--user", "--k", "--age", "--gender", "--region", "--timeout"],
-    ("loadtest",): ["--address", "--users", "--concurrency", "--requests", "--k"],
+    ("loadtest",): ["--address", "--bundle", "--cold-share", "--concurrency", "--requests", "--k"],
     ("demo",): ["--workdir", "--users", "--items"],
 }
 

@@ -222,3 +222,13 @@ def test_ranking_degrades_when_candidate_tier_is_down(bundle_root, bundle, tmp_p
         assert all(list(it.sources) == ["fallback_popular"] for it in resp.items)
     finally:
         assert rank.stop() == 0
+
+
+def test_loadtest_harness_against_live_services(services, bundle):
+    from recsys.loadtest import run_closed_loop
+
+    report = run_closed_loop(services[1].address, bundle.user_ids, concurrency=2, requests=60, k=5, cold_share=0.2)
+    assert report["errors"] == {} and report["degraded"] == 0, report
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"], lat
+    assert report["rps"] > 0 and report["requests"] == 60
