@@ -253,6 +253,7 @@ class BundleWriter:
         for p in self.tmp.iterdir():
             _fsync_file(p)
         final = self.root / self.version
+        os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; serving may run as another uid
         os.rename(self.tmp, final)
         if make_latest:
             set_latest(self.root, self.version)

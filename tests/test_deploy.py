@@ -15,15 +15,18 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 
-yaml = pytest.importorskip("yaml", reason="PyYAML parses the deploy/ manifests (pip install pyyaml)")
+yaml = pytest.importorskip(
+    "yaml", reason="PyYAML parses the deploy/ manifests (pip install pyyaml)"
+)
 
-from recsys.cli import build_parser  # noqa: E402
-from recsys.config import ENV_TABLE, CandidateConfig, RankingConfig, load  # noqa: E402
+from recsys.cli import build_parser
+from recsys.config import ENV_TABLE, CandidateConfig, RankingConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -43,7 +46,12 @@ def load_docs(path: Path) -> list[dict[str, Any]]:
 
 
 def base_objects() -> list[dict[str, Any]]:
-    return [d for f in sorted(BASE.glob("*.yaml")) if f.name != "kustomization.yaml" for d in load_docs(f)]
+    return [
+        d
+        for f in sorted(BASE.glob("*.yaml"))
+        if f.name != "kustomization.yaml"
+        for d in load_docs(f)
+    ]
 
 
 def of_kind(objects: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -67,7 +75,9 @@ def service_of(deployment: dict[str, Any]) -> str:
     return service
 
 
-def container_env(container: dict[str, Any], configmaps: dict[str, dict[str, str]]) -> dict[str, str]:
+def container_env(
+    container: dict[str, Any], configmaps: dict[str, dict[str, str]]
+) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         name = source["configMapRef"]["name"]
@@ -135,7 +145,9 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         # gRPC health (grpc.health.v1) on the port the service listens on
         for probe in ("livenessProbe", "readinessProbe"):
             assert probe in container, f"{name}: no {probe}"
-            assert container[probe].get("grpc", {}).get("port") in ports, f"{name}: {probe} {container[probe]}"
+            assert container[probe].get("grpc", {}).get("port") in ports, (
+                f"{name}: {probe} {container[probe]}"
+            )
         if "startupProbe" in container:
             assert container["startupProbe"]["grpc"]["port"] in ports, name
 
@@ -153,6 +165,9 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         assert sc.get("runAsUser", pod_sc.get("runAsUser", UID)) == UID, name
         assert sc.get("readOnlyRootFilesystem") is True, f"{name}: readOnlyRootFilesystem"
         assert sc.get("allowPrivilegeEscalation") is False, name
+        # Service links define <SERVICE>_PORT=tcp://...: for Service recsys-candidate that
+        # is RECSYS_CANDIDATE_PORT, a recsys setting, which would then fail to parse.
+        assert spec.get("enableServiceLinks") is False, f"{name}: enableServiceLinks"
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
         assert "/tmp" in mounts and "emptyDir" in volumes[mounts["/tmp"]["name"]], f"{name}: /tmp"
@@ -175,17 +190,22 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         if service == "ranking":
             host, _, port = config.candidate_address.rpartition(":")
             candidate_services = [
-                s for s in of_kind(objects, "Service")
+                s
+                for s in of_kind(objects, "Service")
                 if s["metadata"]["name"] == host.split(".")[0]
             ]
-            assert candidate_services, f"RECSYS_CANDIDATE_ADDRESS {config.candidate_address}: no such Service"
+            assert candidate_services, (
+                f"RECSYS_CANDIDATE_ADDRESS {config.candidate_address}: no such Service"
+            )
             svc = candidate_services[0]
             assert int(port) in [p["port"] for p in svc["spec"]["ports"]]
             assert selects(svc, deployment_for("candidate", objects))
             assert env["RECSYS_EVENT_DB"].startswith(tuple(m for m in mounts if m != "/bundles"))
 
         grace = float(env.get("RECSYS_GRACE_S", cls().grace_s))
-        pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        pre_stop = (
+            container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+        )
         pre_stop_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
         assert spec.get("terminationGracePeriodSeconds", 30) > grace + pre_stop_s, name
 
@@ -209,7 +229,9 @@ def check_services(objects: list[dict[str, Any]]) -> None:
     assert len(services) == 2
     for svc in services:
         matches = [d for d in of_kind(objects, "Deployment") if selects(svc, d)]
-        assert len(matches) == 1, f"Service {svc['metadata']['name']} selects {len(matches)} Deployments"
+        assert len(matches) == 1, (
+            f"Service {svc['metadata']['name']} selects {len(matches)} Deployments"
+        )
         (container,) = pod_spec(matches[0])["containers"]
         named = {p["name"]: p["containerPort"] for p in container["ports"] if "name" in p}
         numbers = set(named.values()) | {p["containerPort"] for p in container["ports"]}
@@ -238,10 +260,15 @@ def check_cronjob(objects: list[dict[str, Any]]) -> None:
         (dc,) = dspec["containers"]
         dmount = next(m for m in dc["volumeMounts"] if m["mountPath"] == "/bundles")
         dvol = next(v for v in dspec["volumes"] if v["name"] == dmount["name"])
-        assert dvol["persistentVolumeClaim"]["claimName"] == bundle_claim, "services read what the job writes"
+        assert dvol["persistentVolumeClaim"]["claimName"] == bundle_claim, (
+            "services read what the job writes"
+        )
     assert "/data" in mounts
     # bundle versions are created 0700: the job must run as the services' uid
-    assert spec["securityContext"]["runAsUser"] == UID and spec["securityContext"]["runAsNonRoot"] is True
+    assert (
+        spec["securityContext"]["runAsUser"] == UID
+        and spec["securityContext"]["runAsNonRoot"] is True
+    )
 
 
 def test_base_deployments():
@@ -290,10 +317,14 @@ def test_kustomization_lists_every_file_and_only_existing_ones(directory):
     refs = kustomize_refs(kustomization)
     for ref in refs:
         target = (directory / ref).resolve()
-        assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{ref} does not exist"
+        assert target.is_file() or (target / "kustomization.yaml").is_file(), (
+            f"{ref} does not exist"
+        )
     listed = {(directory / r).resolve() for r in refs}
     files = {p.resolve() for p in directory.glob("*.y*ml") if p.name != "kustomization.yaml"}
-    assert not files - listed, f"not in kustomization.yaml: {sorted(p.name for p in files - listed)}"
+    assert not files - listed, (
+        f"not in kustomization.yaml: {sorted(p.name for p in files - listed)}"
+    )
 
 
 # --------------------------------------------------------------------------- Dockerfiles
@@ -350,12 +381,16 @@ def check_runs_as_non_root(path: Path) -> None:
     _, all_stages = stages(path)
     user = last(all_stages[-1], "USER").split(":")[0]
     assert user not in {"root", "0"}, f"{path.name}: USER {user}"
-    assert user == str(UID), f"{path.name}: USER must be the numeric uid {UID} (runAsNonRoot checks it)"
+    assert user == str(UID), (
+        f"{path.name}: USER must be the numeric uid {UID} (runAsNonRoot checks it)"
+    )
 
 
 def test_serving_dockerfile_installs_no_train_extra_and_no_torch():
     _, all_stages = stages(SERVING_DOCKERFILE)
-    installs = [seg for st in all_stages for kw, arg in st if kw == "RUN" for seg in pip_installs(arg)]
+    installs = [
+        seg for st in all_stages for kw, arg in st if kw == "RUN" for seg in pip_installs(arg)
+    ]
     assert any(re.search(r"\binstall\s+\.(\s|$)", seg) for seg in installs), installs
     for seg in installs:
         assert "torch" not in seg.lower(), seg
@@ -382,6 +417,7 @@ def test_serving_dockerfile_runtime_stage():
     env = " ".join(arg for kw, arg in runtime if kw == "ENV")
     assert "NUMBA_CACHE_DIR=/tmp/numba" in env
     assert "RECSYS_HOST=0.0.0.0" in env
+    assert "HOME=/tmp" in env, "a writable home under a read-only root filesystem"
     check_runs_as_non_root(SERVING_DOCKERFILE)
     build_parser().parse_args(["serve", *json.loads(last(runtime, "CMD"))])
 
@@ -389,8 +425,12 @@ def test_serving_dockerfile_runtime_stage():
 def test_train_dockerfile():
     _, all_stages = stages(TRAIN_DOCKERFILE)
     runtime = all_stages[-1]
-    installs = [seg for st in all_stages for kw, arg in st if kw == "RUN" for seg in pip_installs(arg)]
-    assert any(".[train]" in seg and "download.pytorch.org/whl/cpu" in seg for seg in installs), installs
+    installs = [
+        seg for st in all_stages for kw, arg in st if kw == "RUN" for seg in pip_installs(arg)
+    ]
+    assert any(".[train]" in seg and "download.pytorch.org/whl/cpu" in seg for seg in installs), (
+        installs
+    )
     assert json.loads(last(runtime, "ENTRYPOINT")) == ["recsys", "train"]
     build_parser().parse_args(["train", *json.loads(last(runtime, "CMD"))])
     check_runs_as_non_root(TRAIN_DOCKERFILE)
@@ -423,13 +463,20 @@ def test_compose_laptop_stack():
             assert source in named_volumes, f"{name}: volume {source} not declared"
 
     train = services["train"]
-    script = " ".join(train.get("command", [])) if isinstance(train.get("command"), list) else train["command"]
+    script = (
+        " ".join(train.get("command", []))
+        if isinstance(train.get("command"), list)
+        else train["command"]
+    )
     assert "recsys data synth" in script and "recsys train" in script
     for match in re.finditer(r"recsys ((?:data synth|train)[^\n;&|]*)", script):
         build_parser().parse_args(shlex.split(match.group(1)))
     assert train.get("restart", "no") == "no"
 
-    assert services["candidate"]["depends_on"]["train"]["condition"] == "service_completed_successfully"
+    assert (
+        services["candidate"]["depends_on"]["train"]["condition"]
+        == "service_completed_successfully"
+    )
     assert "candidate" in services["ranking"]["depends_on"]
     for name in ("candidate", "ranking"):
         svc = services[name]
@@ -451,7 +498,11 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
         pytest.skip("kubectl is not on PATH: `kubectl kustomize` rendering not checked")
     result = subprocess.run(
         [kubectl, "kustomize", str(directory.relative_to(ROOT))],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d is not None]
@@ -472,23 +523,31 @@ def test_kubectl_renders_the_local_overlay():
         (base_container,) = pod_spec(base)["containers"]
         for part in ("requests", "limits"):
             for resource in ("cpu",):
-                assert parse_quantity_cpu(container["resources"][part][resource]) <= parse_quantity_cpu(
-                    base_container["resources"][part][resource]
-                )
+                assert parse_quantity_cpu(
+                    container["resources"][part][resource]
+                ) <= parse_quantity_cpu(base_container["resources"][part][resource])
     namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
     assert namespaces == {"recsys-local"}
     (job,) = of_kind(objects, "CronJob")
-    assert {c["image"] for c in pod_spec(job)["containers"] + pod_spec(job).get("initContainers", [])} == {
-        "recsys-train:dev"
-    }
+    assert {
+        c["image"] for c in pod_spec(job)["containers"] + pod_spec(job).get("initContainers", [])
+    } == {"recsys-train:dev"}
 
 
 def test_kubectl_renders_the_base():
     objects = kustomize(BASE)
-    assert {o["kind"] for o in objects} >= {"Deployment", "Service", "ConfigMap", "CronJob", "PersistentVolumeClaim"}
+    assert {o["kind"] for o in objects} >= {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "CronJob",
+        "PersistentVolumeClaim",
+    }
     check_deployments(objects, one_cpu=True)
     check_services(objects)
     for o in objects:
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "recsys"
     for d in of_kind(objects, "Deployment"):
-        assert "app.kubernetes.io/part-of" not in d["spec"]["selector"]["matchLabels"], "selectors are immutable"
+        assert "app.kubernetes.io/part-of" not in d["spec"]["selector"]["matchLabels"], (
+            "selectors are immutable"
+        )

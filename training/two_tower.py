@@ -11,7 +11,8 @@ L2-normalised vector. Score = cosine / temperature.
 Training examples are (the user's positives before time t, most recent first; the positive
 at t). Loss: softmax cross-entropy of the positive against the other positives in the batch
 plus a shared set of uniformly sampled negatives (mixed negative sampling), so every
-example sees in-batch (popularity-skewed) and uniform negatives.
+example sees in-batch (popularity-skewed) and uniform negatives, with log-Q correction of
+each column by its expected count in the batch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class TwoTowerParams:
     temperature: float = 0.1
     uniform_negatives: int = 256
     id_dropout: float = 0.15  # chance an item id is hidden so the tower learns features alone
+    logq_correction: bool = True  # subtract log(expected count in the batch) per column
     seed: int = 0
 
 
@@ -127,6 +129,13 @@ def train_two_tower(
         torch.from_numpy(examples.target),
     ]
     n = len(examples.target)
+    # log-Q correction (Yi et al. 2019): a candidate column j appears in a batch of B
+    # positives and U uniform negatives with expected count B * p_j + U / n_items, where p_j
+    # is its share of training targets; without subtracting its log, popular items are
+    # pushed down merely for being sampled as negatives often.
+    share = np.bincount(examples.target, minlength=n_items) / max(n, 1)
+    expected = params.batch_size * share + params.uniform_negatives / n_items
+    log_q = torch.from_numpy(np.log(np.maximum(expected, 1e-12)).astype(np.float32))
     losses: list[float] = []
     for epoch in range(params.epochs):
         order = torch.from_numpy(rng.permutation(n))
@@ -144,6 +153,8 @@ def train_two_tower(
             u = user(hist, mask, cats)
             v = item(ids, feats[candidates])
             logits = u @ v.T / params.temperature
+            if params.logq_correction:
+                logits = logits - log_q[candidates].unsqueeze(0)
             # The same item may stand in several columns (a repeated positive or a sampled
             # negative equal to the target): mask every column equal to the target except
             # the target's own, so the model is not pushed away from the right item.
