@@ -150,5 +150,5 @@ def _with_time(user: UserInput) -> UserInput:
     """Resolve time 0 ("now") to the server clock here, at the edge, not in the encoder."""
     if user.time_ms:
         return user
-    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     return UserInput(user.history, user.age, user.gender, user.occupation, user.region, now_ms)

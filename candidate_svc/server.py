@@ -57,7 +57,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever
 
-    def Retrieve(self, request, context):  # noqa: N802 (gRPC method name)
+    def Retrieve(self, request, context):
         bundle = self.retriever.bundle
         try:
             decoded = decode_retrieve(request, bundle)

@@ -21,9 +21,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 import kernels
+from ranking_svc.events import EventStore, StoredEvent
 from recsys.bundle import Bundle
 from recsys.ranking_features import UserState, build_features, content_profile, disliked_rows
-from ranking_svc.events import EventStore, StoredEvent
 
 FALLBACK = "fallback_popular"
 

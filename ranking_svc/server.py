@@ -128,7 +128,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.ranker = ranker
         self.events = events
 
-    def Recommend(self, request, context):  # noqa: N802
+    def Recommend(self, request, context):
         try:
             v.check_id(request.user_id, "user_id")
             v.check_range(request.k, "k", 1, MAX_K)
@@ -160,7 +160,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             response.items.add(item_id=item.item_id, score=item.score, sources=item.sources, title=item.title)
         return response
 
-    def LogEvents(self, request, context):  # noqa: N802
+    def LogEvents(self, request, context):
         try:
             if not request.events:
                 raise v.InvalidArgument("events", "must hold at least one event")

@@ -205,7 +205,7 @@ def _check_shapes(b: Bundle) -> None:
 
 def new_version_name(fingerprint: str, now: dt.datetime | None = None) -> str:
     """`YYYYmmddTHHMMSSZ-<8 hex of the data fingerprint>`: sortable and traceable."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{fingerprint[:8]}"
 
 

@@ -162,6 +162,6 @@ def time_context(time_ms: int) -> tuple[int, int, int]:
     resolved to "now" by the caller, never here, so tests stay deterministic)."""
     if time_ms <= 0:
         return 0, 0, 0
-    t = dt.datetime.fromtimestamp(time_ms / 1000.0, tz=dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(time_ms / 1000.0, tz=dt.UTC)
     season = (t.month % 12) // 3  # 0 winter (DJF), 1 spring, 2 summer, 3 autumn
     return 1 + t.hour * HOUR_BUCKETS // 24, 1 + t.weekday(), 1 + season

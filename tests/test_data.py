@@ -26,7 +26,7 @@ from training.data import (
     validate,
 )
 from training.importers import import_csv, import_ml100k, import_ml_latest
-from training.synthetic import START, GENRE_TAGS, generate, generate_with_truth
+from training.synthetic import GENRE_TAGS, START, generate, generate_with_truth
 
 # ------------------------------------------------------------------------------ helpers
 

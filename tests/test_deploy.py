@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
+from recsys.cli import build_parser
+from recsys.config import ENV_TABLE, CandidateConfig, RankingConfig, load
+
 yaml = pytest.importorskip(
     "yaml", reason="PyYAML parses the deploy/ manifests (pip install pyyaml)"
 )
-
-from recsys.cli import build_parser
-from recsys.config import ENV_TABLE, CandidateConfig, RankingConfig, load
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -153,7 +153,7 @@ def _year_start(title: pd.Series) -> pd.Series:
     """Jan 1 (UTC) of the "(1995)" year at the end of a title, in Unix seconds; NaN if none."""
     years = pd.to_numeric(title.str.extract(_YEAR_RE, expand=False), errors="coerce")
     seconds = [
-        dt.datetime(int(y), 1, 1, tzinfo=dt.timezone.utc).timestamp() if y == y else np.nan
+        dt.datetime(int(y), 1, 1, tzinfo=dt.UTC).timestamp() if y == y else np.nan
         for y in years
     ]
     return pd.Series(seconds, index=title.index, dtype=np.float64)
