@@ -2,34 +2,60 @@
 
 `Retriever` holds the loaded bundle's ONNX user tower (one intra-op thread), the usearch
 index (memory-mapped from the bundle with `view=True`, so replicas share its pages) and the
-popularity order. `retrieve` runs the user tower for a batch of users in one onnxruntime
-call, searches the index, and merges the sources under quotas:
+candidate sources (candidate_svc.sources). `retrieve` runs the user tower for a batch of
+users in one onnxruntime call, asks every source for its share, and merges them under
+quotas (candidate_svc.merge):
 
-    two_tower  ANN over item-tower embeddings       num - popular quota (and any shortfall)
-    popular    global popularity in the bundle      popular_fraction * num
+    two_tower     ANN over item-tower embeddings       the rest of num, and shortfalls first
+    item_to_item  neighbours of recent history items   source_fractions["item_to_item"] * num
+    regional      popular in the request's region       source_fractions["regional"] * num
+    trending      decayed recent positives              source_fractions["trending"] * num
+    popular       global popularity in the bundle       popular_fraction * num
+    fresh         new items, Thompson-sampled CTR       source_fractions["fresh"] * num
 
-Every candidate carries every source that proposed it with that source's score, and a
-two-tower score computed for all candidates (kernels.gather_dot), so the ranking tier can
-compare candidates from different sources.
+A request may name its own sources and quotas (then only those run). Every candidate
+carries every source that proposed it with that source's score, and a two-tower score
+computed for all candidates (kernels.gather_dot), so the ranking tier can compare
+candidates from different sources. A user with no known history (cold start) is embedded
+from demographics, region and time alone; item_to_item then proposes nothing and its
+share goes to the other sources.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
+import zlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 from usearch.index import Index
 
 import kernels
+from candidate_svc.merge import ask_for, merge, quotas_from_fractions
+from candidate_svc.sources import (
+    FRESH,
+    ITEM_TO_ITEM,
+    POPULAR,
+    REGIONAL,
+    TRENDING,
+    TWO_TOWER,
+    Context,
+    Proposal,
+    Source,
+)
+from candidate_svc.sources.fresh import FreshSource
+from candidate_svc.sources.item_to_item import ItemToItemSource
+from candidate_svc.sources.ranked import RegionalSource, popular, trending
+from candidate_svc.sources.two_tower import TwoTowerSource
 from recsys.bundle import Bundle
-from recsys.features import UserInput
+from recsys.features import USER_FIELDS, UserInput
 
-TWO_TOWER = "two_tower"
-POPULAR = "popular"
+__all__ = ["Candidates", "Request", "Retriever", "POPULAR", "TWO_TOWER", "DEFAULT_SOURCE_FRACTIONS"]
+
+DEFAULT_SOURCE_FRACTIONS = {ITEM_TO_ITEM: 0.1, REGIONAL: 0.05, TRENDING: 0.05, FRESH: 0.02}
+_REGION = USER_FIELDS.index("region")
 
 
 @dataclass
@@ -41,6 +67,8 @@ class Candidates:
     sources: list[dict[str, float]]  # per candidate: source name -> that source's score
     user_embedding: np.ndarray  # float32[d]
     history_used: int = 0
+    cold_start: bool = False  # no history item known to the bundle
+    admitted: dict[str, int] = field(default_factory=dict)  # per source: items it added
 
 
 @dataclass
@@ -48,12 +76,22 @@ class Request:
     user: UserInput
     num: int
     exclude: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # item indices
+    user_id: str = ""  # seeds the sampling sources (with the request time)
+    quotas: Mapping[str, int] | None = None  # source -> count; None = the configured shares
 
 
 class Retriever:
-    def __init__(self, bundle: Bundle, popular_fraction: float = 0.2, expansion: int = 64) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        popular_fraction: float = 0.2,
+        expansion: int = 64,
+        source_fractions: Mapping[str, float] | None = None,
+    ) -> None:
         self.bundle = bundle
         self.popular_fraction = popular_fraction
+        fractions = dict(DEFAULT_SOURCE_FRACTIONS if source_fractions is None else source_fractions)
+        self.fractions = {**fractions, POPULAR: popular_fraction}
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
@@ -64,7 +102,11 @@ class Retriever:
         if self.index is None or len(self.index) != bundle.n_items:
             raise RuntimeError(f"{bundle.path}: index.usearch does not hold {bundle.n_items} items")
         self.index.expansion_search = expansion
-        self.popular_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
+        # Items added by a catalogue update after training have no id embedding in the user
+        # tower: they are left out of its history input (the other sources still use them).
+        self.tower_items = int(bundle.manifest.get("catalog_update", {}).get("tower_items", bundle.n_items))
+        self.sources: dict[str, Source] = build_sources(bundle, self.index)
+        self.fallback_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
         self.log_popularity = np.log1p(bundle.popularity).astype(np.float32)
 
     def warmup(self) -> None:
@@ -74,76 +116,69 @@ class Retriever:
 
     def embed_users(self, users: Sequence[UserInput]) -> np.ndarray:
         """User-tower embeddings for a batch of users, one onnxruntime call."""
-        feeds = self.bundle.spec.encode_users(users)
+        tower_users = [
+            u if all(i < self.tower_items for i in u.history)
+            else UserInput([i for i in u.history if i < self.tower_items], u.age, u.gender, u.occupation, u.region, u.time_ms)
+            for u in users
+        ]
+        feeds = self.bundle.spec.encode_users(tower_users)
         return np.ascontiguousarray(self.user_tower.run(None, feeds)[0], dtype=np.float32)
 
     def retrieve(self, requests: Sequence[Request]) -> list[Candidates]:
         users = [_with_time(r.user) for r in requests]
         embeddings = self.embed_users(users)
-        return [self._merge(req, embeddings[j]) for j, req in enumerate(requests)]
+        return [self._one(req, user, embeddings[j]) for j, (req, user) in enumerate(zip(requests, users))]
 
-    def _merge(self, req: Request, user_vec: np.ndarray) -> Candidates:
+    def _one(self, req: Request, user: UserInput, user_vec: np.ndarray) -> Candidates:
         n_items = self.bundle.n_items
         excluded = np.zeros(n_items, dtype=np.bool_)
         excluded[req.exclude[(req.exclude >= 0) & (req.exclude < n_items)]] = True
-        n_excluded = int(excluded.sum())
-        num = min(req.num, n_items - n_excluded)
-        pop_quota = int(math.floor(num * self.popular_fraction))
-
-        # two_tower: over-fetch by the number excluded so filtering still leaves `num`.
-        ann: dict[int, float] = {}
-        want = min(n_items, num + n_excluded)
-        if want > 0:
-            matches = self.index.search(user_vec, want)
-            sims = 1.0 - np.asarray(matches.distances, dtype=np.float32)  # cos distance -> cos
-            for item, sim in zip(np.asarray(matches.keys).tolist(), sims.tolist()):
-                if not excluded[item]:
-                    ann.setdefault(int(item), float(sim))
-        ann_items = list(ann)
-        chosen: dict[int, dict[str, float]] = {}
-        for item in ann_items[: num - pop_quota]:
-            chosen[item] = {TWO_TOWER: ann[item]}
-
-        # popular: its quota of new items; popular items already chosen gain provenance.
-        popular = (i for i in self.popular_order.tolist() if not excluded[i])
-        added = 0
-        for item in popular:
-            if item in chosen:
-                chosen[item][POPULAR] = float(self.log_popularity[item])
-                continue
-            if added >= pop_quota:
-                break
-            chosen[item] = self._both(item, ann)
-            added += 1
-        # shortfall (a small catalogue, or an index that found too few): rest of the ANN
-        # results, then further popular items.
-        for item in ann_items[num - pop_quota :]:
-            if len(chosen) >= num:
-                break
-            chosen.setdefault(item, {TWO_TOWER: ann[item]})
-        for item in self.popular_order.tolist():
-            if len(chosen) >= num:
-                break
-            if not excluded[item] and item not in chosen:
-                chosen[item] = self._both(item, ann)
-
-        items = np.fromiter(chosen.keys(), dtype=np.int64, count=len(chosen))
+        num = max(0, min(req.num, n_items - int(excluded.sum())))
+        if req.quotas is None:
+            quotas = quotas_from_fractions(num, {k: f for k, f in self.fractions.items() if k in self.sources})
+        else:
+            quotas = {k: min(int(q), num) for k, q in req.quotas.items() if k in self.sources}
+        history = np.asarray(user.history, dtype=np.int64)
+        ctx = Context(
+            user_embedding=user_vec,
+            history=history,
+            region=self.bundle.spec.user_categories(user)[_REGION],
+            time_ms=user.time_ms,
+            seed=zlib.crc32(f"{req.user_id}|{user.time_ms}".encode()),
+        )
+        proposals: dict[str, Proposal] = {
+            name: self.sources[name].propose(ctx, ask_for(q, num, name), excluded)
+            for name, q in quotas.items()
+            if q > 0
+        }
+        merged = merge(proposals, quotas, num, excluded, (POPULAR, self.fallback_order, self.log_popularity))
+        items = merged.items
         scores = kernels.gather_dot(user_vec, self.bundle.item_embeddings, items)
         order = kernels.top_k(scores, len(items))
-        items, scores = items[order], scores[order]
         return Candidates(
-            items=items,
-            two_tower_scores=scores,
-            sources=[chosen[int(i)] for i in items],
+            items=items[order],
+            two_tower_scores=scores[order],
+            sources=[merged.sources[k] for k in order.tolist()],
             user_embedding=user_vec,
-            history_used=min(len(req.user.history), self.bundle.spec.history_length),
+            history_used=min(int(np.count_nonzero(history < self.tower_items)), self.bundle.spec.history_length),
+            cold_start=len(history) == 0,
+            admitted=merged.admitted,
         )
 
-    def _both(self, item: int, ann: dict[int, float]) -> dict[str, float]:
-        entry = {POPULAR: float(self.log_popularity[item])}
-        if item in ann:
-            entry[TWO_TOWER] = ann[item]
-        return entry
+
+def build_sources(bundle: Bundle, index: Index) -> dict[str, Source]:
+    """Every source the bundle has the arrays for (older bundles: two_tower and popular)."""
+    x = bundle.extras
+    sources: dict[str, Source] = {TWO_TOWER: TwoTowerSource(index), POPULAR: popular(bundle.popularity)}
+    if "item_neighbours" in x and "item_neighbour_scores" in x:
+        sources[ITEM_TO_ITEM] = ItemToItemSource(x["item_neighbours"], x["item_neighbour_scores"])
+    if "trending" in x:
+        sources[TRENDING] = trending(x["trending"])
+    if "regional_popularity" in x:
+        sources[REGIONAL] = RegionalSource(x["regional_popularity"])
+    if {"item_created_at", "item_clicks", "item_impressions"} <= set(x):
+        sources[FRESH] = FreshSource(x["item_created_at"], x["item_clicks"], x["item_impressions"])
+    return sources
 
 
 def _with_time(user: UserInput) -> UserInput:

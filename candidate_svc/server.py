@@ -10,18 +10,21 @@ import logging
 import grpc
 import numpy as np
 
-from candidate_svc.retrieval import Request, Retriever
+from candidate_svc.retrieval import Candidates, Request, Retriever
+from candidate_svc.sources import SOURCE_ORDER
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
 from recsys.config import MAX_CANDIDATES, CandidateConfig
 from recsys.features import UserInput
 from recsys.grpc_server import Served, build_server
+from recsys.metrics import ServerInterceptor
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
 
 MAX_HISTORY = 500
 MAX_EXCLUDE = 20_000
+MAX_BATCH = 64
 
 
 def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_ms: int) -> UserInput:
@@ -35,14 +38,18 @@ def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_
     )
 
 
-def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle) -> Request:
+def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: str = "") -> Request:
     """Validate every field (raising InvalidArgument naming it) and map ids to indices."""
-    v.check_id(req.user_id, "user_id", required=False)
-    v.check_ids(req.history_item_ids, "history_item_ids", MAX_HISTORY)
-    v.check_user_features(req.features, "features")
-    v.check_time_ms(req.request_time_ms, "request_time_ms")
-    v.check_range(req.num_candidates, "num_candidates", 1, MAX_CANDIDATES)
-    v.check_ids(req.exclude_item_ids, "exclude_item_ids", MAX_EXCLUDE)
+    v.check_id(req.user_id, f"{prefix}user_id", required=False)
+    v.check_ids(req.history_item_ids, f"{prefix}history_item_ids", MAX_HISTORY)
+    v.check_user_features(req.features, f"{prefix}features")
+    v.check_time_ms(req.request_time_ms, f"{prefix}request_time_ms")
+    v.check_range(req.num_candidates, f"{prefix}num_candidates", 1, MAX_CANDIDATES)
+    v.check_ids(req.exclude_item_ids, f"{prefix}exclude_item_ids", MAX_EXCLUDE)
+    for name, count in req.source_quotas.items():
+        if name not in SOURCE_ORDER:
+            raise v.InvalidArgument(f"{prefix}source_quotas[{name!r}]", f"unknown source (one of {', '.join(SOURCE_ORDER)})")
+        v.check_range(count, f"{prefix}source_quotas[{name!r}]", 0, MAX_CANDIDATES)
     index = bundle.item_index
     history = [index[i] for i in req.history_item_ids if i in index]
     exclude = np.fromiter((index[i] for i in req.exclude_item_ids if i in index), dtype=np.int64)
@@ -50,7 +57,22 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle) -> Reque
         user=user_input_from(req.features, history, req.request_time_ms),
         num=req.num_candidates,
         exclude=exclude,
+        user_id=req.user_id,
+        quotas=dict(req.source_quotas) or None,
     )
+
+
+def encode_candidates(result: Candidates, bundle: Bundle) -> candidate_pb2.RetrieveResponse:
+    response = candidate_pb2.RetrieveResponse(
+        bundle_version=bundle.version, history_used=result.history_used, cold_start=result.cold_start
+    )
+    response.user_embedding.extend(result.user_embedding.tolist())
+    ids = bundle.item_ids
+    for item, score, sources in zip(result.items.tolist(), result.two_tower_scores.tolist(), result.sources):
+        cand = response.candidates.add(item_id=ids[item], two_tower_score=score)
+        for name, s in sources.items():
+            cand.sources.add(source=name, score=s)
+    return response
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
@@ -66,24 +88,25 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         if not context.is_active():
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
         (result,) = self.retriever.retrieve([decoded])
-        response = candidate_pb2.RetrieveResponse(
-            bundle_version=bundle.version, history_used=result.history_used
-        )
-        response.user_embedding.extend(result.user_embedding.tolist())
-        ids = bundle.item_ids
-        for item, score, sources in zip(
-            result.items.tolist(), result.two_tower_scores.tolist(), result.sources
-        ):
-            cand = response.candidates.add(item_id=ids[item], two_tower_score=score)
-            for name, s in sources.items():
-                cand.sources.add(source=name, score=s)
-        return response
+        return encode_candidates(result, bundle)
+
+    def RetrieveBatch(self, request, context):
+        bundle = self.retriever.bundle
+        try:
+            v.check_range(len(request.requests), "requests", 1, MAX_BATCH)
+            decoded = [decode_retrieve(r, bundle, f"requests[{j}].") for j, r in enumerate(request.requests)]
+        except v.InvalidArgument as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not context.is_active():
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
+        results = self.retriever.retrieve(decoded)
+        return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
 
 
 def create_server(config: CandidateConfig, bundle: Bundle | None = None) -> tuple[Served, Retriever]:
     """Load (or take) the bundle, warm every path, and build the server (not started)."""
     bundle = bundle or load_bundle(config.bundle)
-    retriever = Retriever(bundle, config.popular_fraction, config.ann_expansion)
+    retriever = Retriever(bundle, config.popular_fraction, config.ann_expansion, config.fractions())
     retriever.warmup()
     servicer = CandidateServicer(retriever)
     served = build_server(
@@ -92,6 +115,7 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None) -> tupl
         config.workers,
         [lambda s: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, s)],
         [candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name],
+        interceptors=[ServerInterceptor("candidate", bundle.version)],
     )
     log.info("candidate service: bundle %s, %d items", bundle.version, bundle.n_items)
     return served, retriever

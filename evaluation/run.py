@@ -31,7 +31,7 @@ import pandas as pd
 from candidate_svc.retrieval import Request, Retriever
 from evaluation.baselines import EASE, InteractionMatrix, Popularity, recommend_ids, top_k_excluding
 from evaluation.metrics import evaluate, format_table, train_popularity
-from evaluation.split import temporal_split
+from evaluation.split import temporal_split, validation_split
 from ranking_svc.events import MemoryEventStore, StoredEvent
 from ranking_svc.ranker import CandidateList, Demographics, Ranker
 from recsys.bundle import Bundle, load_bundle
@@ -42,6 +42,7 @@ from training.pipeline import TrainConfig, train
 log = logging.getLogger(__name__)
 
 COLD_ITEMS = 3
+SERVED = "funnel"
 
 
 class InProcessCandidateSource:
@@ -115,7 +116,7 @@ def run_eval(
     work_dir: str | Path,
     ks: Sequence[int] = (10, 20),
     config: TrainConfig | None = None,
-    ease_lambda: float = 500.0,
+    ease_lambdas: Sequence[float] = (100.0, 250.0, 500.0, 1000.0, 2000.0),
 ) -> dict[str, Any]:
     started = time.perf_counter()
     kmax = max(ks)
@@ -133,6 +134,18 @@ def run_eval(
     popularity = train_popularity(split.train, split.train_positive)
 
     matrix = InteractionMatrix.from_frame(split.train, split.train_positive, item_ids)
+    timing: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        timing[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    # Baselines are tuned on a validation split carved from train (never on test).
+    tuned: dict[str, Any] = {}
+    ease_lambda = timed("tune_ease", lambda: tune_ease(split, item_ids, item_genres, popularity, ease_lambdas))
+    tuned["ease_lambda"] = ease_lambda
     pop, ease = Popularity(), EASE(ease_lambda)
     pop.fit(matrix)
     ease.fit(matrix)
@@ -145,41 +158,153 @@ def run_eval(
     def table_row(recs: dict[str, list[str]], test_sets: dict[str, list[str]]) -> dict[int, dict]:
         return {k: evaluate(recs, test_sets, k, len(item_ids), item_genres, popularity) for k in ks}
 
-    timing: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        timing[name] = round(time.perf_counter() - t0, 3)
-        return out
-
     rows = [
         ("popularity", table_row(timed("popularity", lambda: recommend_ids(pop, matrix, users, kmax)), test)),
         ("ease", table_row(timed("ease", lambda: recommend_ids(ease, matrix, users, kmax)), test)),
+    ]
+    als = timed("tune_als", lambda: tuned_implicit_als(split, matrix, item_ids, item_genres, popularity))
+    if als is not None:
+        model, params = als
+        tuned["implicit_als"] = params
+        rows.append(("implicit_als", table_row(recommend_ids(model, matrix, users, kmax), test)))
+    rows += [
         ("wals", table_row(timed("wals", lambda: _factor_recs(bundle, users, kmax)), test)),
         ("two_tower", table_row(timed("two_tower", lambda: _two_tower_recs(ranker, source, users, times, kmax, demo)), test)),
-        ("funnel", table_row(timed("funnel", lambda: _funnel_recs(ranker, users, times, kmax, demo)), test)),
+        (SERVED, table_row(timed(SERVED, lambda: _funnel_recs(ranker, users, times, kmax, demo)), test)),
     ]
+    # The ranker's gain over its best single feature: the same funnel ranked by one feature.
+    single = []
+    fitted, segments = ranker.weights.copy(), ranker.segments
+    ranker.segments = []  # one feature for every user
+    for j, name in enumerate(bundle.manifest["ranker"]["features"]):
+        ranker.weights = np.zeros_like(fitted)
+        ranker.weights[j] = -1.0 if fitted[j] < 0 else 1.0
+        single.append((f"{SERVED}[only {name}]", table_row(_funnel_recs(ranker, users, times, kmax, demo), test)))
+    ranker.weights, ranker.segments = fitted, segments
+    best_single = max(single, key=lambda r: r[1][ks[0]]["ndcg"])
 
     # Cold-start slice: each test user reduced to their first COLD_ITEMS train positives.
     cold_rows = _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kmax, table_row)
+    # Brand-new users: demographics and region only, no history at all.
+    new_rows = _new_user_rows(ds, users, times, bundle, source, matrix, kmax, test, table_row)
 
+    all_rows = rows + [best_single]
     report = {
-        "dataset": {**{k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float))}},
+        "dataset": ds.meta.get("name", ""),
+        "dataset_meta": {k: v for k, v in ds.meta.items() if isinstance(v, (str, int, float))},
+        "served": SERVED,
         "bundle": bundle.version,
         "test_users": len(users),
         "ks": list(ks),
-        "models": {name: _jsonable(r) for name, r in rows},
-        "cold_start": {name: _jsonable(r) for name, r in cold_rows},
+        "models": {name: _flat(r) for name, r in all_rows},
+        "slices": {"cold": {name: _flat(r) for name, r in cold_rows},
+                   "new_user": {name: _flat(r) for name, r in new_rows}},
+        "ranker_single_features": {name: _flat(r) for name, r in single},
+        "tuned": tuned,
         "timings_s": {**timing, "total": round(time.perf_counter() - started, 2)},
         "bundle_manifest": {
             "ranker": bundle.manifest["ranker"],
             "timings_s": bundle.manifest["timings_s"],
         },
-        "table": format_table(rows, ks),
+        "table": format_table(all_rows, ks),
         "cold_start_table": format_table(cold_rows, ks),
+        "new_user_table": format_table(new_rows, ks),
     }
     return report
+
+
+def tune_ease(split, item_ids, item_genres, popularity, lambdas: Sequence[float]) -> float:
+    """EASE's lambda by nDCG@10 on a validation split carved from train."""
+    if len(lambdas) == 1:
+        return float(lambdas[0])
+    val = validation_split(split.train, split.train_positive)
+    vm = InteractionMatrix.from_frame(val.train, val.train_positive, item_ids)
+    vusers = sorted(val.test)
+    best, best_score = float(lambdas[0]), -1.0
+    for lam in lambdas:
+        model = EASE(lam)
+        model.fit(vm)
+        score = evaluate(recommend_ids(model, vm, vusers, 10), val.test, 10, len(item_ids), item_genres, popularity)["ndcg"]
+        if score > best_score:
+            best, best_score = float(lam), score
+    return best
+
+
+class _ImplicitALS:
+    """implicit's ALS behind the baselines' Recommender interface (benchmark only)."""
+
+    name = "implicit_als"
+
+    def __init__(self, **params: Any) -> None:
+        from implicit.als import AlternatingLeastSquares
+
+        self.params = params
+        self.model = AlternatingLeastSquares(random_state=0, iterations=15, **params)
+        self._matrix: InteractionMatrix | None = None
+
+    def fit(self, train: InteractionMatrix) -> None:
+        import scipy.sparse as sp
+
+        x = sp.csr_matrix((train.values, train.indices, train.indptr), shape=(train.n_users, train.n_items))
+        self.model.fit(x, show_progress=False)
+        self._matrix = train
+
+    def recommend(self, user_rows: np.ndarray, k: int) -> np.ndarray:
+        scores = np.asarray(self.model.user_factors[user_rows] @ self.model.item_factors.T, dtype=np.float32)
+        return top_k_excluding(scores, self._matrix, user_rows, k)
+
+
+def tuned_implicit_als(split, matrix, item_ids, item_genres, popularity):
+    """The `implicit` package's ALS, grid-tuned on a validation split carved from train;
+    None when implicit is not installed (it is a benchmark-only dependency: `bench` extra)."""
+    try:
+        import implicit  # noqa: F401
+    except ImportError:
+        log.warning("implicit not installed: the tuned-ALS baseline is skipped (pip install implicit)")
+        return None
+    import threadpoolctl
+
+    val = validation_split(split.train, split.train_positive)
+    vm = InteractionMatrix.from_frame(val.train, val.train_positive, item_ids)
+    vusers = sorted(val.test)
+    best, best_score = None, -1.0
+    with threadpoolctl.threadpool_limits(1, "blas"):  # implicit's own advice for its solver
+        for factors in (16, 32, 64):
+            for reg in (0.01, 0.1, 1.0):
+                for alpha in (1.0, 5.0, 20.0):
+                    params = {"factors": factors, "regularization": reg, "alpha": alpha}
+                    m = _ImplicitALS(**params)
+                    m.fit(vm)
+                    score = evaluate(recommend_ids(m, vm, vusers, 10), val.test, 10, len(item_ids),
+                                     item_genres, popularity)["ndcg"]
+                    if score > best_score:
+                        best, best_score = params, score
+        model = _ImplicitALS(**best)
+        model.fit(matrix)
+    return model, {**best, "validation_ndcg@10": round(best_score, 5)}
+
+
+def _new_user_rows(ds, users, times, bundle, source, matrix, kmax, test, table_row):
+    """Each test user served as a brand-new user: no history, only their demographics."""
+    known = {str(r.user_id): r for r in ds.users.itertuples(index=False)}
+    ranker = Ranker(bundle, source, None)
+    new_test, new_times, demo = {}, {}, {}
+    for u in users:
+        r = known.get(u)
+        d = Demographics(int(r.age or 0), str(r.gender or ""), str(r.occupation or ""), str(r.region or "")) if r else Demographics()
+        new_id = f"new::{u}"
+        demo[new_id] = d
+        new_test[new_id] = test[u]
+        new_times[new_id] = times[u]
+    recs = _funnel_recs(ranker, list(new_test), new_times, kmax, demo)
+    two_tower = _two_tower_recs(ranker, source, list(new_test), new_times, kmax, demo)
+    order = np.argsort(-matrix.item_counts(), kind="stable")[:kmax]  # no history: popularity
+    pop_list = [matrix.item_ids[c] for c in order]
+    return [
+        ("popularity", table_row({u: pop_list for u in new_test}, new_test)),
+        ("two_tower", table_row(two_tower, new_test)),
+        (SERVED, table_row(recs, new_test)),
+    ]
 
 
 def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kmax, table_row):
@@ -210,7 +335,7 @@ def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kma
         ("popularity", table_row(pop_recs, test)),
         ("ease", table_row(ease_recs, test)),
         ("two_tower", table_row(two_tower, test)),
-        ("funnel", table_row(funnel, test)),
+        (SERVED, table_row(funnel, test)),
     ]
 
 
@@ -229,8 +354,10 @@ def _ease_rows(ease: EASE, cold: InteractionMatrix, k: int) -> dict[str, list[st
     return {u: [cold.item_ids[c] for c in r if c >= 0] for u, r in zip(cold.user_ids, cols)}
 
 
-def _jsonable(by_k: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    return {str(k): {m: float(v) for m, v in metrics.items()} for k, metrics in by_k.items()}
+def _flat(by_k: dict[int, dict[str, float]]) -> dict[str, float]:
+    """{"ndcg@10": .., "precision@10": .., ...}: one flat dict per model, for scripts."""
+    return {f"{m}@{k}": float(v) for k, metrics in by_k.items() for m, v in metrics.items() if m != "users"} | {
+        "users": float(next(iter(by_k.values()))["users"])}
 
 
 def write_report(report: dict[str, Any], path: str | Path) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .dedupe import near_duplicate_keep, near_duplicate_keep_numpy
+from .mmr import mmr_order, mmr_order_numpy
 from .scoring import (
     gather_cosine,
     gather_cosine_numpy,
@@ -45,6 +47,10 @@ __all__ = [
     "gather_max_cosine_numpy",
     "linear_score",
     "linear_score_numpy",
+    "mmr_order",
+    "mmr_order_numpy",
+    "near_duplicate_keep",
+    "near_duplicate_keep_numpy",
     "rank_features",
     "rank_features_numpy",
     "top_k",
@@ -72,6 +78,8 @@ KERNELS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "rank_features": (rank_features, rank_features_numpy),
     "top_k": (top_k, top_k_numpy),
     "top_k_masked": (top_k_masked, top_k_masked_numpy),
+    "mmr_order": (mmr_order, mmr_order_numpy),
+    "near_duplicate_keep": (near_duplicate_keep, near_duplicate_keep_numpy),
 }
 
 
@@ -94,7 +102,9 @@ def warmup() -> None:
     gather_cosine(vec, mat, idx)
     gather_max_cosine(mat, mat, idx)
     linear_score(mat, vec, 0.0)
-    rank_features(vec, mat, vec, mat, vec, mat, mat, np.ones(3, dtype=f32), idx)
+    rank_features(vec, mat, vec, mat, vec, mat, mat, np.ones((3, 3), dtype=f32), 0.5, idx)
     scores = np.ones(3, dtype=f32)
     top_k(scores, 2)
     top_k_masked(scores, np.zeros(3, dtype=np.bool_), 2)
+    mmr_order(scores, mat, 0.5, 2)
+    near_duplicate_keep(mat, idx, 0.9)

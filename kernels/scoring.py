@@ -119,9 +119,9 @@ def linear_score(features, weights, bias):
 
 @njit(cache=True)
 def rank_features(tt_user, tt_items, mf_user, mf_items, profile, content, disliked,
-                  log_popularity, idx):
+                  item_static, coldness, idx):
     # F_j = [tt_u . tt[i], mf_u . mf[i], cos(profile, content[i]),
-    #        max_r cos(disliked[r], content[i]), log_pop[i]] with i = idx_j
+    #        max_r cos(disliked[r], content[i]), S[i, 0..s-1], S[i, 0] * coldness], i = idx_j
     tt_u = _as_rows(tt_user)
     mf_u = _as_rows(mf_user)
     prof = _as_rows(profile)
@@ -131,7 +131,9 @@ def rank_features(tt_user, tt_items, mf_user, mf_items, profile, content, dislik
     tt_row = np.empty((1, tt_items.shape[1]), dtype=np.float64)
     mf_row = np.empty((1, mf_items.shape[1]), dtype=np.float64)
     content_row = np.empty((1, content.shape[1]), dtype=np.float64)
-    features = np.empty((idx.shape[0], 5), dtype=np.float32)
+    n_static = item_static.shape[1]
+    cold = np.float32(coldness)  # float32 product, as the twin computes it
+    features = np.empty((idx.shape[0], 5 + n_static), dtype=np.float32)
     for j in range(idx.shape[0]):
         i = idx[j]
         _load_row(tt_items, i, tt_row)
@@ -142,7 +144,9 @@ def rank_features(tt_user, tt_items, mf_user, mf_items, profile, content, dislik
         features[j, 1] = _dot(mf_u, 0, mf_row, 0)
         features[j, 2] = _max_cosine(prof, prof_norms, content_row, content_norm)
         features[j, 3] = _max_cosine(Q, Q_norms, content_row, content_norm)
-        features[j, 4] = log_popularity[i]
+        for c in range(n_static):
+            features[j, 4 + c] = item_static[i, c]
+        features[j, 4 + n_static] = np.float32(item_static[i, 0]) * cold
     return features
 
 
@@ -182,13 +186,15 @@ def linear_score_numpy(features: np.ndarray, weights: np.ndarray, bias: float) -
 
 def rank_features_numpy(tt_user: np.ndarray, tt_items: np.ndarray, mf_user: np.ndarray,
                         mf_items: np.ndarray, profile: np.ndarray, content: np.ndarray,
-                        disliked: np.ndarray, log_popularity: np.ndarray,
+                        disliked: np.ndarray, item_static: np.ndarray, coldness: float,
                         idx: np.ndarray) -> np.ndarray:
     """NumPy twin of `rank_features`: the single kernels' twins stacked as columns."""
-    return np.stack([
+    static = item_static[idx].astype(np.float32).reshape(len(idx), item_static.shape[1])
+    return np.column_stack([
         gather_dot_numpy(tt_user, tt_items, idx),
         gather_dot_numpy(mf_user, mf_items, idx),
         gather_cosine_numpy(profile, content, idx),
         gather_max_cosine_numpy(disliked, content, idx),
-        log_popularity[idx].astype(np.float32),
-    ], axis=1)
+        static,
+        (static[:, 0] * np.float32(coldness)).astype(np.float32),
+    ]).astype(np.float32)

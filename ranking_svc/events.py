@@ -3,10 +3,12 @@
 One small interface (`EventStore`); the embedded default is SQLite in WAL mode with
 `synchronous=FULL`, so a batch is on disk (the WAL is fsynced at commit) before LogEvents
 acknowledges it. The idempotency key is the primary key: a retried batch is stored once.
+Each event keeps the A/B variant that served it, so `click_rates` can compare variants.
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ class StoredEvent:
     value: float
     timestamp_ms: int
     query: str = ""
+    variant: str = ""  # the A/B variant whose answer led to the event
 
     @property
     def is_positive(self) -> bool:
@@ -66,6 +69,7 @@ class SQLiteEventStore:
         value REAL NOT NULL,
         timestamp_ms INTEGER NOT NULL,
         query TEXT NOT NULL DEFAULT '',
+        variant TEXT NOT NULL DEFAULT '',
         received_ms INTEGER NOT NULL DEFAULT (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER))
     );
     CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, timestamp_ms, seq);
@@ -77,6 +81,9 @@ class SQLiteEventStore:
         self._write_lock = threading.Lock()
         self._writer = self._connect()
         self._writer.executescript(self.SCHEMA)
+        columns = {row[1] for row in self._writer.execute("PRAGMA table_info(events)")}
+        if "variant" not in columns:  # a store created before variants were logged
+            self._writer.execute("ALTER TABLE events ADD COLUMN variant TEXT NOT NULL DEFAULT ''")
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
@@ -98,7 +105,7 @@ class SQLiteEventStore:
 
     def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
         rows = [
-            (e.idempotency_key, e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms, e.query)
+            (e.idempotency_key, e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms, e.query, e.variant)
             for e in events
         ]
         with self._write_lock:
@@ -108,7 +115,7 @@ class SQLiteEventStore:
                 before = self._writer.total_changes
                 cur.executemany(
                     "INSERT OR IGNORE INTO events (idempotency_key, user_id, item_id, event_type,"
-                    " value, timestamp_ms, query) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " value, timestamp_ms, query, variant) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 stored = self._writer.total_changes - before
@@ -122,7 +129,7 @@ class SQLiteEventStore:
         if limit < 1:
             return []
         rows = self._reader().execute(
-            "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query"
+            "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query, variant"
             " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC, seq DESC LIMIT ?",
             (user_id, limit),
         ).fetchall()
@@ -167,3 +174,45 @@ class MemoryEventStore:
 
     def close(self) -> None:
         pass
+
+
+@dataclass(frozen=True)
+class VariantReport:
+    variant: str
+    users: int  # distinct users with an impression
+    impressions: int
+    clicks: int
+
+    @property
+    def click_rate(self) -> float:
+        """clicks / impressions (0 with no impressions)."""
+        return self.clicks / self.impressions if self.impressions else 0.0
+
+    def interval95(self) -> tuple[float, float]:
+        """Wilson score interval of the click rate at 95%."""
+        n, z = self.impressions, 1.959964
+        if n == 0:
+            return 0.0, 0.0
+        p = min(1.0, self.click_rate)
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def click_rates(path: str | Path) -> list[VariantReport]:
+    """Impressions and clicks per A/B variant in a SQLite event store (opened read-only)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no event store at {path}")
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        variant = "variant" if "variant" in columns else "''"
+        rows = conn.execute(
+            f"SELECT {variant} AS v,"
+            " COUNT(DISTINCT CASE WHEN event_type = 'impression' THEN user_id END),"
+            " SUM(event_type = 'impression'), SUM(event_type = 'click')"
+            " FROM events GROUP BY v ORDER BY v"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [VariantReport(v, int(u or 0), int(i or 0), int(c or 0)) for v, u, i, c in rows]

@@ -7,14 +7,20 @@ Per request:
     evaluation) with a deadline; on failure, a local popularity fallback (degraded)
  3. features for every candidate in one fused Numba pass (recsys.ranking_features), the
     fitted linear ranker (kernels.linear_score)
- 4. rules: drop what the user has seen or disliked, what the request excludes, items
-    flagged blocked or misinformation, and private items the user does not own
- 5. top k (kernels.top_k_masked)
+ 4. re-ranking rules (ranking_svc.rules, in RULE_ORDER): removals (seen, disliked,
+    excluded, blocked, misinformation, private), season boost, near-duplicates, MMR,
+    genre/creator caps, one exploration slot
+ 5. the first k, with an explanation per item when asked (sources, top feature
+    contributions w_f * x_f, the rules that moved it)
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -22,10 +28,25 @@ import numpy as np
 
 import kernels
 from ranking_svc.events import EventStore, StoredEvent
-from recsys.bundle import Bundle
-from recsys.ranking_features import UserState, build_features, content_profile, disliked_rows
+from ranking_svc.rules import RuleCatalog, RuleConfig, RuleContext, Slate, apply_rules, item_created_at
+from recsys.bundle import Bundle, BundleError
+from recsys.ranking_features import (
+    FEATURE_NAMES,
+    UserState,
+    build_features,
+    bundle_item_static,
+    coldness,
+    content_profile,
+    disliked_rows,
+)
+
+log = logging.getLogger(__name__)
 
 FALLBACK = "fallback_popular"
+FALLBACK_TRENDING = "fallback_trending"
+EXPLAIN_FEATURES = 3  # feature contributions listed per explained item
+# Time kept back from the caller's deadline for scoring and rules after Retrieve returns.
+RANKING_RESERVE_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -74,12 +95,28 @@ class CandidateSource(Protocol):
         """Raise CandidateUnavailable on any failure of the candidate tier."""
 
 
+@dataclass(frozen=True)
+class FeatureContribution:
+    name: str
+    value: float  # x_f
+    weight: float  # w_f
+    contribution: float  # w_f * x_f
+
+
+@dataclass
+class Explanation:
+    sources: list[str]
+    features: list[FeatureContribution]  # the largest |w_f * x_f| first
+    rules: list[str]  # e.g. "mmr: moved from 3 to 7", "creator_cap: ..."
+
+
 @dataclass
 class RankedItem:
     item_id: str
     score: float
     sources: list[str]
     title: str
+    explanation: Explanation | None = None
 
 
 @dataclass
@@ -110,6 +147,7 @@ class Ranker:
         num_candidates: int = 300,
         retrieve_timeout_s: float = 0.1,
         history_limit: int = 200,
+        rules: RuleConfig | None = None,
     ) -> None:
         self.bundle = bundle
         self.candidates = candidates
@@ -117,21 +155,37 @@ class Ranker:
         self.num_candidates = num_candidates
         self.retrieve_timeout_s = retrieve_timeout_s
         self.history_limit = history_limit
+        self.rules = (rules or RuleConfig()).validate()
         ranker = bundle.manifest["ranker"]
         self.weights = np.asarray(ranker["weights"], dtype=np.float32)
+        self.feature_names = list(FEATURE_NAMES)
         self.bias = float(ranker["bias"])
+        # Per history-length segment (weights, bias); empty = the pooled model for everyone.
+        self.segments = [
+            (seg["max_history"], np.asarray(seg["weights"], dtype=np.float32), float(seg["bias"]))
+            for seg in ranker.get("segments") or ()
+        ]
         mf = bundle.manifest["mf"]
         self.mf_reg, self.mf_w0, self.mf_conf = float(mf["reg"]), float(mf["w0"]), 1.0 + float(mf["alpha"])
         y = bundle.mf_item_factors
         self.mf_yty = np.ascontiguousarray(y.T @ y, dtype=np.float32)  # YtY, once per bundle
-        self.log_popularity = np.log1p(bundle.popularity).astype(np.float32)
+        if list(ranker["features"]) != list(FEATURE_NAMES):
+            raise BundleError(
+                f"{bundle.path}: ranker features {ranker['features']} != served {list(FEATURE_NAMES)}"
+            )
+        self.item_static = bundle_item_static(bundle)
         self.popular_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
-        self.banned = np.array(
-            [("blocked" in f) or ("misinformation" in f) for f in bundle.flags], dtype=np.bool_
-        )
-        self.private_owner = {
-            i: bundle.owners[i] for i, f in enumerate(bundle.flags) if "private" in f
-        }
+        self.catalog = RuleCatalog.from_bundle(bundle, item_created_at(bundle))
+        trending, self.trending_source = trending_scores(bundle, self.catalog)
+        self.trending_order = np.argsort(-trending, kind="stable").astype(np.int64)
+        self.fallback_order, self.fallback_sources = _interleave(self.popular_order, self.trending_order)
+        log.info("fallback trending: %s", self.trending_source)
+        self._stats_lock = threading.Lock()
+        self.degraded = Counter()  # degraded answers by the first word of the reason
+
+    def degraded_total(self) -> int:
+        with self._stats_lock:
+            return sum(self.degraded.values())
 
     def warmup(self) -> None:
         kernels.warmup()
@@ -194,6 +248,16 @@ class Ranker:
         conf = np.full(len(idx), self.mf_conf, dtype=np.float32)
         return kernels.wals_fold_in(idx, conf, self.bundle.mf_item_factors, self.mf_yty, self.mf_reg, self.mf_w0)
 
+    def user_state(self, h: UserHistory, tt_user: np.ndarray) -> UserState:
+        b = self.bundle
+        return UserState(
+            tt_user=tt_user,
+            mf_user=self.mf_user(h),
+            profile=content_profile(b.content, np.asarray(h.positives, dtype=np.int64)),
+            disliked=disliked_rows(b.content, np.asarray(h.negatives, dtype=np.int64)),
+            coldness=coldness(len(h.positives)),
+        )
+
     # ---- request --------------------------------------------------------------------
     def recommend(
         self,
@@ -203,6 +267,8 @@ class Ranker:
         exclude_ids: Sequence[str] = (),
         time_ms: int = 0,
         deadline: float | None = None,
+        explain: bool = False,
+        rules: RuleConfig | None = None,
     ) -> RankResult:
         b = self.bundle
         h = self.history(user_id, demographics)
@@ -216,8 +282,9 @@ class Ranker:
         result = RankResult(items=[], bundle_version=b.version, cold_start=not (h.positives or h.negatives))
 
         timeout = self.retrieve_timeout_s
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - time.monotonic()))
+        if deadline is not None:  # leave time to rank what comes back
+            left = deadline - time.monotonic()
+            timeout = min(timeout, max(0.0, left - min(RANKING_RESERVE_S, left / 4)))
         try:
             if timeout <= 0:
                 raise CandidateUnavailable("DEADLINE_EXCEEDED: no time left for retrieval")
@@ -241,27 +308,80 @@ class Ranker:
                 tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)
         except CandidateUnavailable as e:
             result.degraded, result.degraded_reason = True, e.reason
-            cand = self.popular_order[~excluded[self.popular_order]][: self.num_candidates]
-            sources = [[FALLBACK]] * len(cand)
+            with self._stats_lock:
+                self.degraded[e.reason.split(":", 1)[0]] += 1
+            keep = ~excluded[self.fallback_order]
+            cand = self.fallback_order[keep][: self.num_candidates]
+            sources = [s for s, ok in zip(self.fallback_sources, keep.tolist()) if ok][: self.num_candidates]
             tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)
 
-        state = UserState(
-            tt_user=tt_user,
-            mf_user=self.mf_user(h),
-            profile=content_profile(b.content, np.asarray(h.positives, dtype=np.int64)),
-            disliked=disliked_rows(b.content, np.asarray(h.negatives, dtype=np.int64)),
-        )
-        scores = self._score(state, cand)
-        drop = excluded[cand] | self.banned[cand]
-        if self.private_owner:
-            drop |= np.array([self.private_owner.get(i, user_id) != user_id for i in cand.tolist()], dtype=np.bool_)
-        top = kernels.top_k_masked(scores, np.ascontiguousarray(drop), k)
-        for j in top.tolist():
-            item = int(cand[j])
-            result.items.append(RankedItem(b.item_ids[item], float(scores[j]), list(sources[j]), b.titles[item]))
+        feats = self._features(self.user_state(h, tt_user), cand)
+        weights, bias = self.weights_for(len(h.positives))
+        scores = kernels.linear_score(feats, weights, bias)
+        month = dt.datetime.fromtimestamp((time_ms or time.time() * 1000) / 1000, dt.UTC).month
+        ctx = RuleContext(user_id=user_id, k=k, excluded=excluded, month=month, explain=explain)
+        slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64))
+        slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
+        for pos in slate.order[:k].tolist():
+            item = int(cand[pos])
+            ranked = RankedItem(b.item_ids[item], float(slate.scores[pos]), list(sources[pos]), b.titles[item])
+            if explain:
+                ranked.explanation = self._explain(feats[pos], list(sources[pos]), slate.notes.get(pos, []), weights)
+            result.items.append(ranked)
         return result
 
-    def _score(self, state: UserState, cand: np.ndarray) -> np.ndarray:
+    def weights_for(self, n_history: int) -> tuple[np.ndarray, float]:
+        """The ranker segment serving a user with `n_history` known positives: the first
+        whose max_history bounds it (None = unbounded), else the pooled model."""
+        for bound, weights, bias in self.segments:
+            if bound is None or n_history <= bound:
+                return weights, bias
+        return self.weights, self.bias
+
+    def _explain(self, x: np.ndarray, sources: list[str], notes: list[str], weights: np.ndarray) -> Explanation:
+        contrib = weights.astype(np.float64) * x.astype(np.float64)  # w_f * x_f
+        top = np.argsort(-np.abs(contrib), kind="stable")[:EXPLAIN_FEATURES]
+        return Explanation(
+            sources=sources,
+            features=[FeatureContribution(self.feature_names[f], float(x[f]), float(weights[f]),
+                                          float(contrib[f])) for f in top.tolist()],
+            rules=list(notes),
+        )
+
+    def _features(self, state: UserState, cand: np.ndarray) -> np.ndarray:
         b = self.bundle
-        feats = build_features(state, b.item_embeddings, b.mf_item_factors, b.content, self.log_popularity, cand)
-        return kernels.linear_score(feats, self.weights, self.bias)
+        return build_features(state, b.item_embeddings, b.mf_item_factors, b.content, self.item_static, cand)
+
+    def _score(self, state: UserState, cand: np.ndarray) -> np.ndarray:
+        return kernels.linear_score(self._features(state, cand), self.weights, self.bias)
+
+
+def trending_scores(bundle: Bundle, catalog: RuleCatalog) -> tuple[np.ndarray, str]:
+    """Recent-window popularity for the fallback list, and where it came from.
+
+    The bundle's own `trending` array when training wrote one; otherwise, since a bundle
+    keeps no per-interaction times, a proxy computed here: training positives per day
+    since the item was created (up to the bundle's newest time), so a young item with a
+    burst of positives outranks an old one with the same total."""
+    extras = getattr(bundle, "extras", {}) or {}
+    if "trending" in extras and extras["trending"].shape == (bundle.n_items,):
+        return np.asarray(extras["trending"], dtype=np.float32), "bundle array 'trending'"
+    age_days = np.maximum(1.0, (catalog.newest_s - catalog.created_at) / 86_400.0)
+    velocity = bundle.popularity.astype(np.float64) / age_days  # positives per day alive
+    return velocity.astype(np.float32), "computed at load: positives per day since creation (bundle has no trending)"
+
+
+def _interleave(popular: np.ndarray, trending: np.ndarray) -> tuple[np.ndarray, list[list[str]]]:
+    """popular[0], trending[0], popular[1], ... without repeats; an item both lists hold
+    names both sources."""
+    order: list[int] = []
+    where: dict[int, list[str]] = {}
+    for p, t in zip(popular.tolist(), trending.tolist()):
+        for item, name in ((p, FALLBACK), (t, FALLBACK_TRENDING)):
+            if item in where:
+                if name not in where[item]:
+                    where[item].append(name)
+            else:
+                where[item] = [name]
+                order.append(item)
+    return np.asarray(order, dtype=np.int64), [where[i] for i in order]

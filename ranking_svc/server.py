@@ -9,18 +9,23 @@ error for the caller.
 from __future__ import annotations
 
 import logging
+import re
 import time
+from dataclasses import replace
 from typing import Sequence
 
 import grpc
 import numpy as np
 
 from ranking_svc.events import SQLiteEventStore, StoredEvent
-from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Ranker
+from ranking_svc.experiments import Experiment, load_experiment, single_variant
+from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Explanation, Ranker
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
 from recsys.config import MAX_K, RankingConfig
-from recsys.grpc_server import MAX_MESSAGE_BYTES, Served, build_server
+from recsys.grpc_server import MAX_MESSAGE_BYTES, Served, build_server, client_channel_options
+from recsys.logs import outgoing_metadata
+from recsys.metrics import ServerInterceptor
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,7 @@ MAX_EXCLUDE = 10_000
 MAX_BATCH = 1000
 MAX_QUERY_CHARS = 512
 MAX_FUTURE_MS = 86_400_000  # client clocks may run ahead by at most a day
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 EVENT_NAMES = {
     ranking_pb2.EVENT_TYPE_IMPRESSION: "impression",
@@ -50,6 +56,7 @@ class GrpcCandidateSource:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                *client_channel_options(),  # round_robin over candidate replicas, health-checked
             ],
         )
         self.stub = candidate_pb2_grpc.CandidateServiceStub(self.channel)
@@ -78,7 +85,7 @@ class GrpcCandidateSource:
             exclude_item_ids=exclude_ids,
         )
         try:
-            response = self.stub.Retrieve(request, timeout=timeout_s)
+            response = self.stub.Retrieve(request, timeout=timeout_s, metadata=outgoing_metadata())
         except grpc.RpcError as e:
             raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
         return CandidateList(
@@ -120,13 +127,28 @@ def decode_event(e: ranking_pb2.Event, i: int, now_ms: int) -> StoredEvent:
     v.check_time_ms(e.timestamp_ms, f"{f}.timestamp_ms", allow_zero=False)
     if e.timestamp_ms > now_ms + MAX_FUTURE_MS:
         raise v.InvalidArgument(f"{f}.timestamp_ms", "is more than one day ahead of the server clock")
-    return StoredEvent(e.idempotency_key, e.user_id, e.item_id, name, float(value), e.timestamp_ms, e.query)
+    if e.variant and not VARIANT_NAME.match(e.variant):
+        raise v.InvalidArgument(f"{f}.variant", "must be 1..64 characters of [A-Za-z0-9_.-]")
+    return StoredEvent(e.idempotency_key, e.user_id, e.item_id, name, float(value), e.timestamp_ms, e.query,
+                       e.variant)
+
+
+def encode_explanation(x: Explanation, out: ranking_pb2.Explanation) -> None:
+    out.sources.extend(x.sources)
+    for c in x.features:
+        out.top_features.add(name=c.name, value=c.value, weight=c.weight, contribution=c.contribution)
+    out.rules.extend(x.rules)
 
 
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
-    def __init__(self, ranker: Ranker, events: SQLiteEventStore) -> None:
+    """`rankers` maps a variant's bundle path ("" = the served bundle) to its Ranker."""
+
+    def __init__(self, ranker: Ranker, events: SQLiteEventStore, experiment: Experiment | None = None,
+                 rankers: dict[str, Ranker] | None = None) -> None:
         self.ranker = ranker
         self.events = events
+        self.experiment = experiment or single_variant(ranker.rules)
+        self.rankers = {"": ranker, **(rankers or {})}
 
     def Recommend(self, request, context):
         try:
@@ -140,13 +162,16 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
         f = request.features
-        result = self.ranker.recommend(
+        variant = self.experiment.assign(request.user_id)
+        result = self.rankers[variant.bundle].recommend(
             request.user_id,
             request.k,
             Demographics(f.age, f.gender, f.occupation, f.region),
             request.exclude_item_ids,
             request.request_time_ms,
             deadline,
+            explain=request.explain,
+            rules=variant.rules,
         )
         if result.degraded:
             log.warning("degraded answer for user %s: %s", request.user_id, result.degraded_reason)
@@ -155,9 +180,12 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             degraded=result.degraded,
             degraded_reason=result.degraded_reason,
             cold_start=result.cold_start,
+            variant=variant.name,
         )
         for item in result.items:
-            response.items.add(item_id=item.item_id, score=item.score, sources=item.sources, title=item.title)
+            out = response.items.add(item_id=item.item_id, score=item.score, sources=item.sources, title=item.title)
+            if item.explanation is not None:
+                encode_explanation(item.explanation, out.explanation)
         return response
 
     def LogEvents(self, request, context):
@@ -170,6 +198,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             decoded = [decode_event(e, i, now_ms) for i, e in enumerate(request.events)]
         except v.InvalidArgument as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        decoded = [e if e.variant else replace(e, variant=self.experiment.assign(e.user_id).name)
+                   for e in decoded]
         try:
             stored, duplicates = self.events.append(decoded)
         except Exception as e:  # the store failed: nothing was acknowledged
@@ -183,22 +213,32 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[
     bundle = bundle or load_bundle(config.bundle)
     events = SQLiteEventStore(config.event_db)
     source = GrpcCandidateSource(config.candidate_address)
-    ranker = Ranker(
-        bundle,
-        source,
-        events,
-        num_candidates=config.num_candidates,
-        retrieve_timeout_s=config.retrieve_timeout_ms / 1000.0,
-        history_limit=config.history_limit,
-    )
-    ranker.warmup()
-    servicer = RankingServicer(ranker, events)
+    experiment = load_experiment(config.experiments)
+
+    def make_ranker(b: Bundle) -> Ranker:
+        r = Ranker(
+            b,
+            source,
+            events,
+            num_candidates=config.num_candidates,
+            retrieve_timeout_s=config.retrieve_timeout_ms / 1000.0,
+            history_limit=config.history_limit,
+            rules=experiment.variants[0].rules,
+        )
+        r.warmup()
+        return r
+
+    ranker = make_ranker(bundle)
+    rankers = {p: make_ranker(load_bundle(p)) for p in {v.bundle for v in experiment.variants} if p}
+    servicer = RankingServicer(ranker, events, experiment, rankers)
+    log.info("experiment: %s", ", ".join(f"{v.name}={v.share:g}" for v in experiment.variants))
     served = build_server(
         config.host,
         config.port,
         config.workers,
         [lambda s: ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, s)],
         [ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name],
+        interceptors=[ServerInterceptor("ranking", bundle.version)],
     )
     log.info("ranking service: bundle %s, candidates at %s", bundle.version, config.candidate_address)
     return served, ranker

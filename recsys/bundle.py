@@ -52,6 +52,23 @@ ARRAY_FILES = (
     "user_neg_indptr",
     "user_neg_indices",
 )
+# Arrays the candidate sources read, written by training since bundle format 1 gained
+# them; a bundle without them still loads (the sources that need them propose nothing).
+#   trending             float32[n_items]   time-decayed positives over the last window
+#   regional_popularity  float32[R+1, n_items] positives per region (row 0 = unknown region)
+#   item_clicks, item_impressions  float32[n_items]  for the fresh source's click-rate
+#   item_created_at      int64[n_items]     Unix seconds the item was created
+#   item_neighbours      int64[n_items, N]  nearest items by item-tower cosine, -1 = none
+#   item_neighbour_scores float32[n_items, N] their cosines
+OPTIONAL_ARRAY_FILES = (
+    "trending",
+    "regional_popularity",
+    "item_clicks",
+    "item_impressions",
+    "item_created_at",
+    "item_neighbours",
+    "item_neighbour_scores",
+)
 
 
 class BundleError(RuntimeError):
@@ -114,6 +131,7 @@ class Bundle:
     user_pos: CSR  # positives, most recent first
     user_seen: CSR  # every item the user interacted with in training
     user_neg: CSR  # explicit negatives
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # OPTIONAL_ARRAY_FILES present
     item_index: dict[str, int] = field(default_factory=dict)
     user_index: dict[str, int] = field(default_factory=dict)
 
@@ -155,6 +173,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     # signature for read-only arrays, which warm-up would not cover. The ANN index, the
     # largest artefact, is memory-mapped by the candidate tier.
     arrays = {name: np.load(vdir / f"{name}.npy") for name in ARRAY_FILES}
+    extras = {n: np.load(vdir / f"{n}.npy") for n in OPTIONAL_ARRAY_FILES if f"{n}.npy" in files}
     catalog = json.loads((vdir / "catalog.json").read_text())
     users = json.loads((vdir / "users.json").read_text())
     bundle = Bundle(
@@ -177,6 +196,7 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         user_pos=CSR(arrays["user_pos_indptr"], arrays["user_pos_indices"]),
         user_seen=CSR(arrays["user_seen_indptr"], arrays["user_seen_indices"]),
         user_neg=CSR(arrays["user_neg_indptr"], arrays["user_neg_indices"]),
+        extras=extras,
     )
     _check_shapes(bundle)
     return bundle
@@ -195,6 +215,8 @@ def _check_shapes(b: Bundle) -> None:
         "user_neg_indptr": (b.user_neg.indptr.shape[0], u + 1),
         "titles": (len(b.titles), n),
     }
+    for name, arr in b.extras.items():
+        expect[name] = (arr.shape[-1] if name == "regional_popularity" else arr.shape[0], n)
     for name, (got, want) in expect.items():
         if got != want:
             raise BundleError(f"{b.path}: {name} has {got} rows, expected {want}")

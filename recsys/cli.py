@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(verbose: bool, log_format: str = "text", level: str | None = None) -> None:
+    from recsys import logs
+
+    # JSON lines (with the request id of the RPC being served) or text.
+    logs.setup(getattr(logging, level) if level else logging.DEBUG if verbose else logging.INFO,
+               json_format=log_format == "json")
     # The ONNX exporter narrates every optimisation pass at INFO; keep ours readable.
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch"):
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "torch", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import warnings
 
@@ -87,15 +87,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     work = args.workdir or tempfile.mkdtemp(prefix="recsys-eval-")
     report = run_eval(load_dataset(args.data), work, ks=args.k, config=_train_config(args))
-    print(f"dataset: {report['dataset'].get('name', args.data)}  test users: {report['test_users']}"
+    if args.json:
+        write_report(report, args.json)
+    print(f"dataset: {report['dataset'] or args.data}  test users: {report['test_users']}"
           f"  bundle: {report['bundle']}")
     print(report["table"])
     print("\ncold-start slice (each test user cut to their first 3 train positives):")
     print(report["cold_start_table"])
+    print("\nbrand-new users (demographics and region only, no history):")
+    print(report["new_user_table"])
+    print(f"\ntuned baselines (on a validation split of train): {json.dumps(report['tuned'])}")
     print(f"\nranker: {json.dumps(report['bundle_manifest']['ranker'])}")
     print(f"timings (s): {json.dumps(report['timings_s'])}")
-    if args.json:
-        write_report(report, args.json)
     return 0
 
 
@@ -107,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from recsys import config as cfg
     from recsys.grpc_server import run_until_signal
 
-    overrides = {"bundle": args.bundle, "host": args.host, "port": args.port, "workers": args.workers}
+    overrides = {"bundle": args.bundle, "host": args.host, "port": args.port, "workers": args.workers,
+                 "metrics_port": args.metrics_port}
     if args.service == "candidate":
         from candidate_svc.server import create_server
 
@@ -117,10 +121,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         overrides.update(
             candidate_address=args.candidate_address, event_db=args.event_db,
-            retrieve_timeout_ms=args.retrieve_timeout_ms,
+            retrieve_timeout_ms=args.retrieve_timeout_ms, experiments=args.experiments,
         )
         config = cfg.load(cfg.RankingConfig, overrides)
     served, _ = create_server(config)
+    if config.metrics_port:
+        from recsys.metrics import start_http
+
+        logging.getLogger("recsys.metrics").info(
+            "metrics on http://%s:%d/metrics", config.host, start_http(config.host, config.metrics_port))
     run_until_signal(served, config.grace_s, args.port_file)
     return 0
 
@@ -148,16 +157,85 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from recsys.loadtest import run_closed_loop
+    from recsys import loadtest as lt
 
-    known: list[str] = []
-    if args.bundle:
-        from recsys.bundle import resolve_version_dir
+    pool = lt.UserPool.from_bundle(args.bundle) if args.bundle else lt.UserPool()
+    spec = lt.LoadSpec(
+        address=args.address, concurrency=0 if args.rate or args.sweep else args.concurrency,
+        rate=args.rate or 0.0, duration_s=args.duration, requests=args.requests, warmup_s=args.warmup,
+        processes=args.processes, k=args.k, timeout_s=args.timeout,
+        mix=lt.parse_mix(args.mix) if args.mix else dict(lt.DEFAULT_MIX), events_share=args.events_share,
+        seed=args.seed,
+    )
+    if args.sweep:
+        rates = [float(r) for r in args.sweep.split(",") if r.strip()]
+        report = lt.sweep(spec, rates, pool, progress=not args.quiet)
+    else:
+        report = lt.run(spec, pool, progress=not args.quiet)
+    print(lt.summary(report))
+    if args.json:
+        lt.write_json(report, args.json)
+    if args.png:
+        lt.plot(report, args.png)
+    runs = report.get("runs", [report])
+    return 0 if all(r["errors"] == {} for r in runs) else 1
 
-        known = json.loads((resolve_version_dir(args.bundle) / "users.json").read_text())["user_ids"]
-    report = run_closed_loop(args.address, known, args.concurrency, args.requests, args.k, args.cold_share)
-    print(json.dumps(report, indent=2))
-    return 0 if report["errors"] == {} else 1
+
+def cmd_size(args: argparse.Namespace) -> int:
+    from recsys import sizing
+
+    if args.measurement:
+        measurement = json.loads(Path(args.measurement).read_text())
+        measurement = measurement.get("measurement", measurement)
+    elif args.bundle:
+        measurement = sizing.measure(args.bundle, seconds=args.seconds, concurrency=args.concurrency)
+    else:
+        raise SystemExit("recsys size: give --bundle (measure now) or --measurement FILE (an earlier --json)")
+    result = sizing.plan(measurement, args.items, args.qps, args.target_utilization, args.min_replicas)
+    print(sizing.render(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from recsys.cluster import start_cluster
+
+    cluster = start_cluster(args.bundle, args.workdir, args.candidates, args.rankings, metrics=args.metrics)
+    print(json.dumps({"candidate_target": cluster.candidate_target, "ranking_target": cluster.ranking_target,
+                      "metrics_ports": cluster.metrics_ports}, indent=2), flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        while not done.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    codes = cluster.stop()
+    return 0 if set(codes.values()) <= {0} else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ranking_svc.events import click_rates
+
+    rows = click_rates(args.event_db)
+    print(f"{'variant':<20} {'users':>8} {'impressions':>12} {'clicks':>8} {'click_rate':>10}  95% interval")
+    for r in rows:
+        lo, hi = r.interval95()
+        print(f"{r.variant or '(none)':<20} {r.users:>8} {r.impressions:>12} {r.clicks:>8} {r.click_rate:>10.4f}"
+              f"  [{lo:.4f}, {hi:.4f}]")
+    return 0
+
+
+def cmd_catalog_update(args: argparse.Namespace) -> int:
+    from training.catalog_update import update_catalog
+
+    path = update_catalog(args.bundle, args.data, args.out)
+    print(path if path else "no new items: bundle unchanged")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     from recsys.config import CandidateConfig, RankingConfig, env_help
 
     p = argparse.ArgumentParser(prog="recsys", description="Two-tier recommendation system.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="DEBUG logs (services: one access line per RPC)")
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING"], default=os.environ.get("RECSYS_LOG_LEVEL"),
+                   help="overrides -v (env RECSYS_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("RECSYS_LOG_FORMAT", "text"),
+                   help="json: one object per line with the request id (env RECSYS_LOG_FORMAT)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="import a dataset or generate the synthetic one (docs/DATA.md)")
@@ -234,9 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, help="0 picks a free port (see --port-file)")
     sv.add_argument("--port-file", help="write the bound port here once serving")
     sv.add_argument("--workers", type=int)
+    sv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0 = off, the default)")
     sv.add_argument("--candidate-address", help="ranking only: host:port of candidate_svc")
     sv.add_argument("--event-db", help="ranking only: SQLite event store path")
     sv.add_argument("--retrieve-timeout-ms", type=int, help="ranking only: Retrieve deadline")
+    sv.add_argument("--experiments", help="ranking only: JSON file of re-ranking rules and A/B variants")
     sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("recommend", help="ask a running ranking service for a list")
@@ -249,14 +333,60 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, default=2.0)
     r.set_defaults(func=cmd_recommend)
 
-    lt = sub.add_parser("loadtest", help="closed-loop load on a running ranking service")
+    lt = sub.add_parser(
+        "loadtest", help="closed- or open-loop load on a running ranking service (loopback only)",
+        description="Closed loop (--concurrency N) or open loop (--rate R, latency measured from each "
+                    "request's scheduled send time); --sweep R1,R2,... runs open loop at each rate.",
+    )
     lt.add_argument("--address", default="127.0.0.1:50052")
-    lt.add_argument("--bundle", help="draw known user ids from this bundle (else every user is new)")
-    lt.add_argument("--cold-share", type=float, default=0.1, help="share of requests from never-seen users")
-    lt.add_argument("--concurrency", type=int, default=4)
-    lt.add_argument("--requests", type=int, default=2000)
+    lt.add_argument("--bundle", help="draw known and heavy user ids from this bundle (else every user is new)")
+    lt.add_argument("--mix", help="user mix, e.g. known=0.7,heavy=0.1,cold=0.1,new=0.1 (the default)")
+    lt.add_argument("--events-share", type=float, default=0.0,
+                    help="share of calls that are LogEvents (1..3 events each; they write to the event store)")
+    lt.add_argument("--concurrency", type=int, default=4, help="closed loop: requests in flight per process")
+    lt.add_argument("--rate", type=float, help="open loop: target requests per second (all processes)")
+    lt.add_argument("--sweep", help="open loop at each of these rates in turn, e.g. 50,100,200")
+    lt.add_argument("--duration", type=float, default=10.0, help="measured seconds (after the warm-up)")
+    lt.add_argument("--requests", type=int, default=0, help="stop after this many requests (0 = duration)")
+    lt.add_argument("--warmup", type=float, default=2.0, help="seconds of load not recorded")
+    lt.add_argument("--processes", type=int, default=1, help="client processes")
+    lt.add_argument("--timeout", type=float, default=5.0, help="per-request deadline in seconds")
     lt.add_argument("--k", type=int, default=10)
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--json", help="write the report here")
+    lt.add_argument("--png", help="plot here: percentiles over time, or the --sweep curve")
+    lt.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     lt.set_defaults(func=cmd_loadtest)
+
+    sz = sub.add_parser("size", help="replicas, CPU and memory per tier for N items at Q requests/s")
+    sz.add_argument("--items", type=int, required=True, help="catalogue size to plan for")
+    sz.add_argument("--qps", type=float, required=True, help="Recommend calls per second to plan for")
+    sz.add_argument("--bundle", help="measure one replica of each service on this bundle now")
+    sz.add_argument("--measurement", help="reuse the measurement in an earlier `recsys size --json` file")
+    sz.add_argument("--seconds", type=float, default=8.0, help="measured load seconds")
+    sz.add_argument("--concurrency", type=int, default=4, help="closed-loop concurrency of the measurement")
+    sz.add_argument("--target-utilization", type=float, default=0.6, help="CPU share each replica may use")
+    sz.add_argument("--min-replicas", type=int, default=2, help="per tier (availability)")
+    sz.add_argument("--json", help="write the plan and the measurement here")
+    sz.set_defaults(func=cmd_size)
+
+    cl = sub.add_parser("cluster", help="several replicas of each service on loopback, round-robin, until Ctrl-C")
+    cl.add_argument("--bundle", required=True)
+    cl.add_argument("--candidates", type=int, default=2)
+    cl.add_argument("--rankings", type=int, default=2)
+    cl.add_argument("--workdir", default="var/cluster", help="logs and event stores")
+    cl.add_argument("--metrics", action="store_true", help="a /metrics port per replica")
+    cl.set_defaults(func=cmd_cluster)
+
+    rp = sub.add_parser("report", help="click-rate per A/B variant from a ranking event store")
+    rp.add_argument("--event-db", required=True, help="the ranking service's SQLite event store")
+    rp.set_defaults(func=cmd_report)
+
+    cu = sub.add_parser("catalog-update", help="add a dataset's new items to a bundle without retraining")
+    cu.add_argument("--bundle", required=True, help="bundle root (uses LATEST) or version directory")
+    cu.add_argument("--data", required=True, help="canonical dataset whose items.csv holds the new items")
+    cu.add_argument("--out", help="bundle root to publish into (default: the bundle's own root)")
+    cu.set_defaults(func=cmd_catalog_update)
 
     dm = sub.add_parser("demo", help="synthetic data -> train -> both services -> recommendations")
     dm.add_argument("--workdir", default="var/demo")
@@ -269,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".cache" / "numba"))
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format, args.log_level)
     return int(args.func(args) or 0)
 
 

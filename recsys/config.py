@@ -28,15 +28,51 @@ class CandidateConfig:
     workers: int = 8  # gRPC handler threads (compute itself is single-threaded)
     popular_fraction: float = 0.2  # share of candidates reserved for the popular source
     ann_expansion: int = 64  # usearch expansion_search at query time
+    # share of candidates per further source, "name=fraction,..."; two_tower gets the rest
+    source_fractions: str = "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02"
     grace_s: float = 5.0  # SIGTERM grace period
+    metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
+
+    def fractions(self) -> dict[str, float]:
+        """`source_fractions` parsed (validate() has checked it)."""
+        return parse_fractions(self.source_fractions)
 
     def validate(self) -> "CandidateConfig":
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
         _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
         _check(0.0 <= self.popular_fraction <= 1.0, "popular_fraction", self.popular_fraction, "0..1")
         _check(1 <= self.ann_expansion <= 4096, "ann_expansion", self.ann_expansion, "1..4096")
+        # Shares summing above 1 with popular_fraction are allowed: the merge admits
+        # sources in priority order, so the later ones get what is left.
+        try:
+            parse_fractions(self.source_fractions)
+        except ValueError as e:
+            raise ConfigError(f"source_fractions: {e}") from None
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
+        _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
         return self
+
+
+# Sources whose share `source_fractions` sets (two_tower takes the rest, popular has
+# popular_fraction); names as in candidate_svc.sources.
+CANDIDATE_SOURCES = frozenset({"item_to_item", "regional", "trending", "fresh"})
+
+
+def parse_fractions(text: str) -> dict[str, float]:
+    """"a=0.1,b=0.2" -> {"a": 0.1, "b": 0.2}; empty text -> {} (those sources off)."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name not in CANDIDATE_SOURCES or name in out:
+            raise ValueError(f"{part!r}: expected name=fraction, name one of {sorted(CANDIDATE_SOURCES)}, once")
+        try:
+            share = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: {value!r} is not a number") from None
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{part!r}: fraction out of 0..1")
+        out[name] = share
+    return out
 
 
 @dataclass(frozen=True)
@@ -51,6 +87,8 @@ class RankingConfig:
     event_db: str = "var/events.sqlite3"
     history_limit: int = 200  # recent events read per request
     grace_s: float = 5.0
+    experiments: str = ""  # JSON file: re-ranking rules and A/B variants ("" = default rules)
+    metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
 
     def validate(self) -> "RankingConfig":
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
@@ -65,6 +103,7 @@ class RankingConfig:
         )
         _check(1 <= self.history_limit <= 10_000, "history_limit", self.history_limit, "1..10000")
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
+        _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
         return self
 
 
@@ -76,7 +115,9 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (CandidateConfig, "workers"): "RECSYS_WORKERS",
     (CandidateConfig, "popular_fraction"): "RECSYS_POPULAR_FRACTION",
     (CandidateConfig, "ann_expansion"): "RECSYS_ANN_EXPANSION",
+    (CandidateConfig, "source_fractions"): "RECSYS_SOURCE_FRACTIONS",
     (CandidateConfig, "grace_s"): "RECSYS_GRACE_S",
+    (CandidateConfig, "metrics_port"): "RECSYS_METRICS_PORT",
     (RankingConfig, "bundle"): "RECSYS_BUNDLE",
     (RankingConfig, "host"): "RECSYS_HOST",
     (RankingConfig, "port"): "RECSYS_RANKING_PORT",
@@ -87,6 +128,8 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "event_db"): "RECSYS_EVENT_DB",
     (RankingConfig, "history_limit"): "RECSYS_HISTORY_LIMIT",
     (RankingConfig, "grace_s"): "RECSYS_GRACE_S",
+    (RankingConfig, "experiments"): "RECSYS_EXPERIMENTS",
+    (RankingConfig, "metrics_port"): "RECSYS_METRICS_PORT",
 }
 
 

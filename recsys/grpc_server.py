@@ -6,6 +6,7 @@ The services differ only in their servicers; everything about process lifecycle 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,21 @@ from grpc_reflection.v1alpha import reflection
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Servers close each connection after this long (clients reconnect transparently), so a
+# client balancing over DNS re-resolves and finds replicas added since it connected.
+MAX_CONNECTION_AGE_MS = 300_000
+
+# Client side of the internal hop: round_robin over every address the target resolves to
+# (`ipv4:127.0.0.1:p1,127.0.0.1:p2` locally, `dns:///svc:port` of a headless Service in a
+# cluster), skipping any replica whose grpc.health.v1 status is not SERVING.
+CLIENT_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+})
+
+
+def client_channel_options() -> list[tuple[str, object]]:
+    return [("grpc.service_config", CLIENT_SERVICE_CONFIG)]
 
 
 def single_thread_compute() -> None:
@@ -60,13 +76,17 @@ def build_server(
     workers: int,
     register: Iterable[Callable[[grpc.Server], None]],
     service_names: Iterable[str],
+    interceptors: Iterable[grpc.ServerInterceptor] = (),
 ) -> Served:
     """A grpc.Server with the given servicers, health (NOT_SERVING until the caller says
-    so) and reflection, bound to host:port (port 0 = a free port)."""
+    so) and reflection, bound to host:port (port 0 = a free port). `interceptors`: e.g.
+    recsys.metrics.ServerInterceptor (metrics, request id, access log)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         maximum_concurrent_rpcs=workers * 16,
+        interceptors=list(interceptors),
         options=[
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),

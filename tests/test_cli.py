@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # argv prefix -> what its help must mention (subcommand names, positionals, flags)
 HELP_CASES: dict[tuple[str, ...], list[str]] = {
-    (): ["data", "train", "eval", "serve", "recommend", "loadtest", "demo", "--verbose"],
+    (): ["data", "train", "eval", "serve", "recommend", "loadtest", "size", "cluster", "demo", "--verbose",
+         "--log-format"],
     ("data",): ["ml-100k", "ml-latest", "csv", "synth"],
     ("data", "ml-100k"): ["src", "out"],
     ("data", "ml-latest"): ["src", "out"],
@@ -33,10 +34,15 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("eval",): ["--data", "--k", "--json", "--workdir", "--epochs", "--factors",
                 "--mf-iterations", "--seed"],
     ("serve",): ["candidate", "ranking", "--bundle", "--host", "--port", "--port-file",
-                 "--workers", "--candidate-address", "--event-db", "--retrieve-timeout-ms"],
+                 "--workers", "--candidate-address", "--event-db", "--retrieve-timeout-ms", "--metrics-port"],
     ("recommend",): ["--address", "--user", "--k", "--age", "--gender", "--region", "--timeout"],
-    ("loadtest",): ["--address", "--bundle", "--cold-share", "--concurrency", "--requests", "--k"],
+    ("loadtest",): ["--address", "--bundle", "--mix", "--concurrency", "--rate", "--sweep", "--duration",
+                    "--requests", "--warmup", "--processes", "--json", "--png", "--k"],
+    ("size",): ["--items", "--qps", "--bundle", "--measurement", "--target-utilization", "--json"],
+    ("cluster",): ["--bundle", "--candidates", "--rankings", "--metrics"],
     ("demo",): ["--workdir", "--users", "--items"],
+    ("catalog-update",): ["--bundle", "--data", "--out"],
+    ("report",): ["--event-db"],
 }
 
 

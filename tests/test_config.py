@@ -35,7 +35,9 @@ PINNED_DEFAULTS = {
         "workers": 8,
         "popular_fraction": 0.2,
         "ann_expansion": 64,
+        "source_fractions": "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02",
         "grace_s": 5.0,
+        "metrics_port": 0,
     },
     RankingConfig: {
         "bundle": "var/bundles",
@@ -48,6 +50,8 @@ PINNED_DEFAULTS = {
         "event_db": "var/events.sqlite3",
         "history_limit": 200,
         "grace_s": 5.0,
+        "experiments": "",
+        "metrics_port": 0,
     },
 }
 
@@ -89,12 +93,15 @@ ENV_VALUES = {
     "RECSYS_WORKERS": ("3", 3),
     "RECSYS_POPULAR_FRACTION": ("0.35", 0.35),
     "RECSYS_ANN_EXPANSION": ("128", 128),
+    "RECSYS_SOURCE_FRACTIONS": ("fresh=0.1", "fresh=0.1"),
     "RECSYS_GRACE_S": ("2.5", 2.5),
+    "RECSYS_METRICS_PORT": ("9090", 9090),
     "RECSYS_CANDIDATE_ADDRESS": ("cand.internal:7000", "cand.internal:7000"),
     "RECSYS_RETRIEVE_TIMEOUT_MS": ("250", 250),
     "RECSYS_NUM_CANDIDATES": ("500", 500),
     "RECSYS_EVENT_DB": ("/data/ev.sqlite3", "/data/ev.sqlite3"),
     "RECSYS_HISTORY_LIMIT": ("50", 50),
+    "RECSYS_EXPERIMENTS": ("/etc/recsys/experiments.json", "/etc/recsys/experiments.json"),
 }
 
 ENV_CASES = [(cls, name, var) for (cls, name), var in ENV_TABLE.items()]
@@ -227,6 +234,10 @@ OUT_OF_RANGE = [
     (CandidateConfig, "popular_fraction", float("nan")),
     (CandidateConfig, "ann_expansion", 0),
     (CandidateConfig, "ann_expansion", 4097),
+    (CandidateConfig, "source_fractions", "fresh=1.5"),
+    (CandidateConfig, "source_fractions", "two_tower=0.5"),  # takes the rest, not settable
+    (CandidateConfig, "source_fractions", "fresh"),
+    (CandidateConfig, "source_fractions", "fresh=0.1,fresh=0.2"),
     (CandidateConfig, "grace_s", -0.5),
     (CandidateConfig, "grace_s", 300.5),
     (CandidateConfig, "grace_s", float("inf")),
@@ -244,6 +255,9 @@ OUT_OF_RANGE = [
     (RankingConfig, "history_limit", 10_001),
     (RankingConfig, "grace_s", -1.0),
     (RankingConfig, "grace_s", 301.0),
+    (CandidateConfig, "metrics_port", -1),
+    (CandidateConfig, "metrics_port", 65536),
+    (RankingConfig, "metrics_port", 70000),
 ]
 
 # The values at the very edge of each range are accepted.
@@ -257,6 +271,8 @@ IN_RANGE_EDGES = [
     (CandidateConfig, "popular_fraction", 1.0),
     (CandidateConfig, "ann_expansion", 1),
     (CandidateConfig, "ann_expansion", 4096),
+    (CandidateConfig, "source_fractions", ""),  # only two_tower and popular
+    (CandidateConfig, "source_fractions", "fresh=1.0,regional=0"),
     (CandidateConfig, "grace_s", 0.0),
     (CandidateConfig, "grace_s", 300.0),
     (RankingConfig, "port", 0),
@@ -270,9 +286,11 @@ IN_RANGE_EDGES = [
     (RankingConfig, "history_limit", 1),
     (RankingConfig, "history_limit", 10_000),
     (RankingConfig, "grace_s", 300.0),
+    (CandidateConfig, "metrics_port", 0),
+    (RankingConfig, "metrics_port", 65535),
 ]
 
-UNVALIDATED = {"bundle", "host", "event_db"}  # free text: checked where they are used
+UNVALIDATED = {"bundle", "host", "event_db", "experiments"}  # free text: checked where they are used
 
 
 def test_out_of_range_table_covers_every_validated_field():

@@ -38,6 +38,8 @@ TRAIN_DOCKERFILE = DEPLOY / "Dockerfile.train"
 
 YAML_FILES = sorted({*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")})
 SERVICE_PORTS = {"candidate": CandidateConfig().port, "ranking": RankingConfig().port}
+METRICS_PORT = 9090
+K8S_VERSION = "1.27"  # the oldest Kubernetes deploy/README.md supports
 UID = 10001
 
 
@@ -107,7 +109,8 @@ def test_deploy_tree_has_the_expected_files():
     expected = [
         SERVING_DOCKERFILE, TRAIN_DOCKERFILE, COMPOSE, DEPLOY / "README.md",
         *(BASE / n for n in ("kustomization.yaml", "candidate.yaml", "ranking.yaml",
-                             "configmap.yaml", "bundle-pvc.yaml", "train-cronjob.yaml")),
+                             "configmap.yaml", "bundle-pvc.yaml", "train-cronjob.yaml",
+                             "hpa.yaml", "pdb.yaml", "redis.yaml")),
         LOCAL / "kustomization.yaml",
     ]  # fmt: skip
     missing = [str(p.relative_to(ROOT)) for p in expected if not p.is_file()]
@@ -139,8 +142,10 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         spec = pod_spec(d)
         assert d["spec"]["selector"]["matchLabels"].items() <= spec_labels(d).items(), name
         (container,) = spec["containers"]
-        ports = [p["containerPort"] for p in container["ports"]]
-        assert ports == [SERVICE_PORTS[service]], f"{name}: ports {ports}"
+        all_ports = [p["containerPort"] for p in container["ports"]]
+        assert sorted(all_ports) == sorted([SERVICE_PORTS[service], METRICS_PORT]), f"{name}: {all_ports}"
+        ports = [named_ports(container).get("grpc")]
+        assert ports == [SERVICE_PORTS[service]], f"{name}: the grpc port {ports}"
 
         # gRPC health (grpc.health.v1) on the port the service listens on
         for probe in ("livenessProbe", "readinessProbe"):
@@ -187,8 +192,12 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         assert config.host == "0.0.0.0", f"{name}: must listen beyond loopback"
         assert config.port == SERVICE_PORTS[service]
         assert config.bundle == "/bundles"
+        assert config.metrics_port == METRICS_PORT, f"{name}: RECSYS_METRICS_PORT"
+        assert named_ports(container).get("metrics") == METRICS_PORT, f"{name}: metrics containerPort"
+        annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/port") == str(METRICS_PORT), f"{name}: scrape annotation"
         if service == "ranking":
-            host, _, port = config.candidate_address.rpartition(":")
+            host, _, port = config.candidate_address.removeprefix("dns:///").rpartition(":")
             candidate_services = [
                 s
                 for s in of_kind(objects, "Service")
@@ -224,8 +233,18 @@ def selects(svc: dict[str, Any], deployment: dict[str, Any]) -> bool:
     return bool(selector) and selector.items() <= spec_labels(deployment).items()
 
 
+def named_ports(container: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+
+
+def serving_services(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Services in front of the two recsys tiers (not Redis)."""
+    return [s for s in of_kind(objects, "Service")
+            if s["spec"].get("selector", {}).get("app.kubernetes.io/component") in SERVICE_PORTS]
+
+
 def check_services(objects: list[dict[str, Any]]) -> None:
-    services = of_kind(objects, "Service")
+    services = serving_services(objects)
     assert len(services) == 2
     for svc in services:
         matches = [d for d in of_kind(objects, "Deployment") if selects(svc, d)]
@@ -413,7 +432,7 @@ def test_serving_dockerfile_runtime_stage():
     assert json.loads(last(runtime, "ENTRYPOINT")) == ["recsys", "serve"]
     assert json.loads(last(runtime, "CMD")) == ["candidate"]
     exposed = {int(p.split("/")[0]) for kw, arg in runtime if kw == "EXPOSE" for p in arg.split()}
-    assert exposed == set(SERVICE_PORTS.values())
+    assert exposed == {*SERVICE_PORTS.values(), METRICS_PORT}
     env = " ".join(arg for kw, arg in runtime if kw == "ENV")
     assert "NUMBA_CACHE_DIR=/tmp/numba" in env
     assert "RECSYS_HOST=0.0.0.0" in env
@@ -551,3 +570,103 @@ def test_kubectl_renders_the_base():
         assert "app.kubernetes.io/part-of" not in d["spec"]["selector"]["matchLabels"], (
             "selectors are immutable"
         )
+
+
+# ------------------------------------------------------ schemas, scaling, event store
+
+
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate checks manifests against the API schemas offline"
+)
+
+
+def schema_errors(objects: list[dict[str, Any]]) -> list[str]:
+    """Every object against the Kubernetes OpenAPI schema of K8S_VERSION, strict (unknown
+    fields are errors, the usual result of a mis-indented line)."""
+    errors = []
+    for o in objects:
+        try:
+            kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            errors.append(f"{o.get('kind')} {o.get('metadata', {}).get('name')}: {e.message}")
+    return errors
+
+
+def test_every_base_object_matches_the_api_schema():
+    objects = base_objects()
+    assert len(objects) >= 12
+    assert not schema_errors(objects)
+
+
+@pytest.mark.parametrize("directory", [BASE, LOCAL], ids=["base", "overlays/local"])
+def test_rendered_objects_match_the_api_schema(directory):
+    assert not schema_errors(kustomize(directory))
+
+
+@pytest.mark.parametrize(
+    "path, breakage",
+    [
+        (["spec", "replicas"], "two"),  # wrong type
+        (["spec", "template", "spec", "containers", 0, "resources", "limit"], {"cpu": "1"}),  # typo
+        (["spec", "template", "spec", "containers", 0, "readinessProbe", "grpc"], {"service": ""}),  # no port
+    ],
+    ids=["replicas-string", "resources-limit-typo", "probe-without-port"],
+)
+def test_schema_check_fails_on_a_broken_manifest(path, breakage):
+    import copy
+
+    broken = copy.deepcopy(by_name(base_objects(), "Deployment", "recsys-ranking"))
+    node = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = breakage
+    assert schema_errors([broken]), f"{path} = {breakage!r} must fail schema validation"
+
+
+def test_autoscalers_and_disruption_budgets_cover_both_tiers():
+    objects = base_objects()
+    deployments = {d["metadata"]["name"]: d for d in of_kind(objects, "Deployment")}
+    hpas = of_kind(objects, "HorizontalPodAutoscaler")
+    assert {h["spec"]["scaleTargetRef"]["name"] for h in hpas} == set(deployments)
+    pdbs = {p["metadata"]["name"]: p for p in of_kind(objects, "PodDisruptionBudget")}
+    for h in hpas:
+        target = deployments[h["spec"]["scaleTargetRef"]["name"]]
+        assert h["spec"]["scaleTargetRef"]["kind"] == "Deployment"
+        assert 2 <= h["spec"]["minReplicas"] <= target["spec"]["replicas"] <= h["spec"]["maxReplicas"]
+        (metric,) = h["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu", "one compute thread per pod: CPU is the load"
+        # a budget that allows no eviction at the HPA's minimum would block every drain
+        pdb = pdbs[target["metadata"]["name"]]
+        assert pdb["spec"]["minAvailable"] < h["spec"]["minReplicas"]
+        assert pdb["spec"]["selector"]["matchLabels"] == target["spec"]["selector"]["matchLabels"]
+
+
+def test_redis_is_in_the_scaled_out_base_and_not_in_the_one_replica_overlay():
+    base = base_objects()
+    ranking = by_name(base, "Deployment", "recsys-ranking")
+    assert ranking["spec"]["replicas"] > 1
+    redis = by_name(base, "StatefulSet", "recsys-redis")
+    svc = by_name(base, "Service", "recsys-redis")
+    assert svc["spec"]["selector"].items() <= redis["spec"]["template"]["metadata"]["labels"].items()
+    (container,) = pod_spec(redis)["containers"]
+    assert {"--appendonly", "--appendfsync"} <= set(container["args"])
+    assert container["args"][container["args"].index("--appendfsync") + 1] == "always", (
+        "acknowledged events must be on disk, as with SQLite synchronous=FULL"
+    )
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(redis)["securityContext"]["runAsNonRoot"] is True
+    local = kustomize(LOCAL)
+    assert not [o for o in local if "redis" in o["metadata"]["name"]]
+    assert not of_kind(local, "HorizontalPodAutoscaler") and not of_kind(local, "PodDisruptionBudget")
+
+
+def test_candidate_service_is_headless_for_client_side_balancing():
+    from recsys.grpc_server import CLIENT_SERVICE_CONFIG
+
+    svc = by_name(base_objects(), "Service", "recsys-candidate")
+    assert svc["spec"].get("clusterIP") == "None", "ClusterIP would pin each connection to one pod"
+    (container,) = pod_spec(by_name(base_objects(), "Deployment", "recsys-ranking"))["containers"]
+    address = next(e["value"] for e in container["env"] if e["name"] == "RECSYS_CANDIDATE_ADDRESS")
+    assert address.startswith("dns:///")
+    assert json.loads(CLIENT_SERVICE_CONFIG)["loadBalancingConfig"] == [{"round_robin": {}}]
+

@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from candidate_svc.sources import SOURCE_ORDER
 from recsys.procs import start_service
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
 
@@ -79,9 +80,10 @@ def test_known_user_gets_k_distinct_unseen_items(ranking, bundle):
     assert resp.bundle_version == bundle.version
     assert not resp.degraded and not resp.cold_start
     scores = [it.score for it in resp.items]
-    assert scores == sorted(scores, reverse=True), "items must come best first"
+    # the best-scored item leads; diversity, caps and exploration may re-order the rest
+    assert scores[0] == max(scores), "the best-scored item must come first"
     for it in resp.items:
-        assert it.sources and set(it.sources) <= {"two_tower", "popular"}, it.sources
+        assert it.sources and set(it.sources) <= set(SOURCE_ORDER), it.sources
         assert it.title == bundle.titles[bundle.item_index[it.item_id]]
         flags = bundle.flags[bundle.item_index[it.item_id]]
         assert "blocked" not in flags and "misinformation" not in flags
@@ -183,7 +185,8 @@ def test_retrieve_directly(candidate, bundle):
     assert len(resp.user_embedding) == bundle.item_embeddings.shape[1]
     scores = [c.two_tower_score for c in resp.candidates]
     assert scores == sorted(scores, reverse=True)
-    assert {s.source for c in resp.candidates for s in c.sources} == {"two_tower", "popular"}
+    assert {"two_tower", "item_to_item", "popular"} <= {s.source for c in resp.candidates for s in c.sources}
+    assert {s.source for c in resp.candidates for s in c.sources} <= set(SOURCE_ORDER)
 
 
 @pytest.mark.parametrize(
@@ -219,7 +222,7 @@ def test_ranking_degrades_when_candidate_tier_is_down(bundle_root, bundle, tmp_p
         assert resp.degraded and "UNAVAILABLE" in resp.degraded_reason, resp.degraded_reason
         ids = [it.item_id for it in resp.items]
         assert len(set(ids)) == K and not seen & set(ids)
-        assert all(list(it.sources) == ["fallback_popular"] for it in resp.items)
+        assert all(set(it.sources) <= {"fallback_popular", "fallback_trending"} for it in resp.items)
     finally:
         assert rank.stop() == 0
 

@@ -14,21 +14,27 @@ pytestmark = pytest.mark.slow
 
 
 def test_eval_report(tiny_dataset, tiny_config, tmp_path):
-    report = run_eval(tiny_dataset, tmp_path, ks=(10, 20), config=tiny_config)
-    assert set(report["models"]) == {"popularity", "ease", "wals", "two_tower", "funnel"}
-    assert set(report["cold_start"]) == {"popularity", "ease", "two_tower", "funnel"}
+    report = run_eval(tiny_dataset, tmp_path, ks=(10, 20), config=tiny_config, ease_lambdas=(50.0, 500.0))
+    assert report["served"] == "funnel"
+    expected = {"popularity", "ease", "wals", "two_tower", "funnel"}
+    assert expected <= set(report["models"]), report["models"].keys()
+    assert any(name.startswith("funnel[only ") for name in report["models"]), "best single feature row missing"
+    assert set(report["slices"]["cold"]) == {"popularity", "ease", "two_tower", "funnel"}
+    assert set(report["slices"]["new_user"]) == {"popularity", "two_tower", "funnel"}
+    assert report["tuned"]["ease_lambda"] in (50.0, 500.0)
     assert report["test_users"] > 100
-    for table in (report["models"], report["cold_start"]):
-        for name, by_k in table.items():
-            for k, m in by_k.items():
+    tables = [report["models"], report["slices"]["cold"], report["slices"]["new_user"], report["ranker_single_features"]]
+    for table in tables:
+        for name, m in table.items():
+            for k in (10, 20):
                 for key in ("precision", "recall", "map", "ndcg", "coverage", "diversity"):
-                    assert 0.0 <= m[key] <= 1.0, (name, k, key, m[key])
-                assert m["novelty"] > 0 and not math.isnan(m["novelty"])
-                assert m["users"] > 0
-    funnel, pop = report["models"]["funnel"]["10"], report["models"]["popularity"]["10"]
-    assert funnel["ndcg"] > pop["ndcg"] * 1.1, (
-        f"served funnel nDCG@10 {funnel['ndcg']:.4f} must beat popularity {pop['ndcg']:.4f} by 10%")
-    assert funnel["coverage"] > pop["coverage"], "a personalised list must cover more of the catalogue"
+                    assert 0.0 <= m[f"{key}@{k}"] <= 1.0, (name, k, key, m[f"{key}@{k}"])
+                assert m[f"novelty@{k}"] > 0 and not math.isnan(m[f"novelty@{k}"])
+            assert m["users"] > 0
+    funnel, pop = report["models"]["funnel"], report["models"]["popularity"]
+    assert funnel["ndcg@10"] > pop["ndcg@10"] * 1.1, (
+        f"served funnel nDCG@10 {funnel['ndcg@10']:.4f} must beat popularity {pop['ndcg@10']:.4f} by 10%")
+    assert funnel["coverage@10"] > pop["coverage@10"], "a personalised list must cover more of the catalogue"
     assert "funnel" in report["table"] and "popularity" in report["cold_start_table"]
     write_report(report, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["bundle"] == report["bundle"]

@@ -9,7 +9,7 @@ import pytest
 from candidate_svc.retrieval import POPULAR, TWO_TOWER, Request
 from evaluation.run import InProcessCandidateSource
 from ranking_svc.events import MemoryEventStore, SQLiteEventStore, StoredEvent
-from ranking_svc.ranker import FALLBACK, CandidateUnavailable, Demographics, Ranker
+from ranking_svc.ranker import FALLBACK, FALLBACK_TRENDING, CandidateUnavailable, Demographics, Ranker
 from recsys.features import UserInput
 
 pytestmark = pytest.mark.slow
@@ -102,7 +102,7 @@ def test_fallback_when_candidate_tier_fails(bundle):
     r = Ranker(bundle, Down(), MemoryEventStore())
     result = r.recommend(bundle.user_ids[0], 10, time_ms=T)
     assert result.degraded and result.degraded_reason.startswith("UNAVAILABLE")
-    assert len(result.items) == 10 and all(it.sources == [FALLBACK] for it in result.items)
+    assert len(result.items) == 10 and all(set(it.sources) <= {FALLBACK, FALLBACK_TRENDING} for it in result.items)
     seen = {bundle.item_ids[i] for i in bundle.user_seen.row(0)}
     assert not seen & {it.item_id for it in result.items}
 
@@ -120,3 +120,16 @@ def test_expired_deadline_degrades_without_calling_the_tier(bundle, retriever):
     r = Ranker(bundle, Counting(retriever), None)
     result = r.recommend("someone", 5, time_ms=T, deadline=time.monotonic() - 1)
     assert result.degraded and "DEADLINE_EXCEEDED" in result.degraded_reason and not calls
+
+
+def test_ranker_segments_pick_weights_by_history_length(bundle, retriever):
+    """The bundle carries one model per history-length segment and serving applies the
+    segment the trainer fitted for that length."""
+    segs = bundle.manifest["ranker"]["segments"]
+    assert [s["name"] for s in segs] == ["new", "cold", "warm"]
+    r = Ranker(bundle, InProcessCandidateSource(retriever), None)
+    for n, name in ((0, "new"), (3, "cold"), (9, "cold"), (10, "warm"), (500, "warm")):
+        seg = next(s for s in segs if s["name"] == name)
+        w, b = r.weights_for(n)
+        np.testing.assert_allclose(w, seg["weights"], err_msg=f"history {n} must use segment {name}")
+        assert b == pytest.approx(seg["bias"])

@@ -108,7 +108,8 @@ def scoring_inputs(seed, n=300, k=120, q=4):
     return {"tt_user": mat(1, 32)[0], "tt_items": mat(n, 32), "mf_user": mat(1, 8)[0],
             "mf_items": mat(n, 8), "profile": mat(1, 16)[0], "content": content,
             "disliked": mat(q, 16),
-            "log_popularity": np.log1p(rng.random(n) * 100).astype(np.float32), "idx": idx}
+            "item_static": np.log1p(rng.random((n, 3)) * 100).astype(np.float32), "coldness": 0.4,
+            "idx": idx}
 
 
 def kernel_cases():
@@ -135,6 +136,8 @@ def kernel_cases():
         "rank_features": tuple(s.values()),
         "top_k": (scores, 37),
         "top_k_masked": (scores, rng.random(500) < 0.3, 37),
+        "mmr_order": (rng.random(80).astype(np.float32), s["content"][:80].copy(), 0.6, 30),
+        "near_duplicate_keep": (np.repeat(s["content"][:20], 3, axis=0), rng.integers(-1, 30, 60), 0.9),
     }
 
 
@@ -144,7 +147,8 @@ def kernel_cases():
 def test_registry_pairs_every_kernel_with_its_numpy_twin():
     assert set(KERNELS) == {"wals_half_step", "wals_fold_in", "wals_loss", "gather_dot",
                             "gather_cosine", "gather_max_cosine", "linear_score",
-                            "rank_features", "top_k", "top_k_masked"}
+                            "rank_features", "top_k", "top_k_masked", "mmr_order",
+                            "near_duplicate_keep"}
     for name, (fast, twin) in KERNELS.items():
         assert fast is getattr(kernels, name)
         assert twin is getattr(kernels, name + "_numpy")
@@ -163,7 +167,10 @@ def test_numba_matches_numpy_on_random_data(name):
     args = kernel_cases()[name]
     fast, twin = KERNELS[name]
     got, want = fast(*args), twin(*args)
-    if name.startswith("top_k"):
+    if name == "near_duplicate_keep":
+        assert got.dtype == want.dtype == np.bool_
+        np.testing.assert_array_equal(got, want, err_msg=f"{name}: numba != numpy (exact)")
+    elif name.startswith("top_k") or name == "mmr_order":
         assert got.dtype == want.dtype == np.int64
         np.testing.assert_array_equal(got, want, err_msg=f"{name}: numba != numpy (exact)")
     elif name.startswith("wals"):
@@ -312,9 +319,12 @@ def test_rank_features_equals_the_stacked_single_kernels(impl):
         impl("gather_dot")(s["mf_user"], s["mf_items"], s["idx"]),
         impl("gather_cosine")(s["profile"], s["content"], s["idx"]),
         impl("gather_max_cosine")(s["disliked"], s["content"], s["idx"]),
-        s["log_popularity"][s["idx"]],
+        s["item_static"][s["idx"], 0],
+        s["item_static"][s["idx"], 1],
+        s["item_static"][s["idx"], 2],
+        (s["item_static"][s["idx"], 0] * np.float32(s["coldness"])).astype(np.float32),
     ], axis=1)
-    assert got.dtype == np.float32 and got.shape == (len(s["idx"]), 5)
+    assert got.dtype == np.float32 and got.shape == (len(s["idx"]), 8)
     np.testing.assert_array_equal(got, want, err_msg="fused != stacked single kernels (exact)")
 
 
@@ -361,7 +371,7 @@ def test_scoring_empty_candidates(impl):
         got = impl(name)(*args)
         assert got.dtype == np.float32 and got.shape == (0,), name
     got = impl("rank_features")(*s.values())
-    assert got.dtype == np.float32 and got.shape == (0, 5)
+    assert got.dtype == np.float32 and got.shape == (0, 8)
 
 
 def test_rank_features_without_dislikes(impl):

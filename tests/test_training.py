@@ -25,8 +25,10 @@ def test_manifest_describes_the_bundle(bundle, tiny_config):
     assert m["mf"]["factors"] == bundle.mf_item_factors.shape[1] == tiny_config.mf.factors
     assert m["two_tower"]["user_tower_max_abs_diff"] <= 1e-5
     assert m["two_tower"]["item_tower_max_abs_diff"] <= 1e-5
-    assert m["ranker"]["features"] == list(FEATURE_NAMES) and len(m["ranker"]["weights"]) == 5
-    assert m["ranker"]["model"] == "logistic" and m["ranker"]["metrics"]["auc"] > 0.6, m["ranker"]
+    assert m["ranker"]["features"] == list(FEATURE_NAMES) and len(m["ranker"]["weights"]) == len(FEATURE_NAMES)
+    assert m["ranker"]["model"] == "logistic_segmented" and m["ranker"]["metrics"]["auc"] > 0.6, m["ranker"]
+    for seg in m["ranker"]["segments"]:
+        assert len(seg["weights"]) == len(FEATURE_NAMES), seg
     assert len(m["dataset"]["fingerprint"]) == 64
     losses = m["mf"]["losses"]
     assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])), f"WALS loss rose: {losses}"

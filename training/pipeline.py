@@ -28,10 +28,19 @@ from usearch.index import Index
 import kernels
 from recsys import bundle as bundle_fmt
 from recsys.features import FeatureSpec, UserInput
-from recsys.ranking_features import FEATURE_NAMES, UserState, build_features, content_profile, disliked_rows
+from recsys.ranking_features import (
+    FEATURE_NAMES,
+    UserState,
+    build_features,
+    coldness,
+    content_profile,
+    disliked_rows,
+    item_static,
+)
+from training import source_arrays
 from training import two_tower as tt
 from training.data import Dataset, fingerprint, negative_mask, positive_mask
-from training.ranker import fit_logistic
+from training.ranker import fit_segmented
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ class TrainConfig:
     index: IndexParams = field(default_factory=IndexParams)
     history_length: int = 50
     max_tags: int = 300
-    ranker_negatives: int = 20
+    ranker_negatives: int = 300  # >= the pool: every pool item is a negative (the served distribution)
     ranker_pool: int = 300  # candidates the ranking tier asks for (RankingConfig.num_candidates)
     parity_tolerance: float = 1e-5
 
@@ -268,65 +277,108 @@ def build_index(embeddings: np.ndarray, p: IndexParams, path: Path) -> None:
     index.save(str(path))
 
 
-def fit_ranker(
+@dataclass
+class RankerExample:
+    user: int
+    history: np.ndarray  # item indices, most recent first (what serving would know)
+    target: int
+    time_ms: int
+    mf_user: np.ndarray
+    seen: np.ndarray  # excluded from the pool, as serving excludes seen items
+
+
+def ranker_examples(
     inter: Interactions,
     fit_pos: list[np.ndarray],
     fit_time: list[np.ndarray],
     target: list[int],
+    mf_users: np.ndarray,
+    mf_items: np.ndarray,
+    mf: MFParams,
+    seed: int,
+) -> list[RankerExample]:
+    """Three kinds of example, so the ranker meets every history length it will serve:
+    warm (the validation item after the user's whole fit history), cold (the same
+    validation item after only the user's first 3 positives, WALS folded in from those 3
+    as serving folds in an unknown user's events) and new (no history at all: demographics
+    and context only). Cold and new targets are the user's late item, as in the
+    evaluation's cold-start slice."""
+    rng = np.random.default_rng(seed)
+    warm = [
+        RankerExample(u, fit_pos[u][::-1], target[u], int(inter.pos_time[u][-1]) * 1000,
+                      mf_users[u], np.setdiff1d(inter.seen[u], [target[u]]))
+        for u, t in enumerate(target) if t >= 0
+    ]
+    yty = np.ascontiguousarray(mf_items.T @ mf_items, dtype=np.float32)
+    cold, new = [], []
+    for ex in warm:
+        if rng.random() < 0.5:
+            first = np.unique(fit_pos[ex.user][:3].astype(np.int64))
+            conf = np.full(len(first), 1.0 + mf.alpha, dtype=np.float32)
+            x = kernels.wals_fold_in(first, conf, mf_items, yty, mf.reg, mf.w0)
+            cold.append(RankerExample(ex.user, fit_pos[ex.user][:3][::-1], ex.target, ex.time_ms, x, first))
+        else:
+            new.append(RankerExample(ex.user, np.zeros(0, np.int64), ex.target, ex.time_ms,
+                                     np.zeros(mf_items.shape[1], np.float32), np.zeros(0, np.int64)))
+    return warm + cold + new
+
+
+def fit_ranker(
+    examples: list[RankerExample],
+    inter: Interactions,
     demo: list[UserInput],
     spec: FeatureSpec,
     user_tower_path: Path,
     item_emb: np.ndarray,
-    mf_users: np.ndarray,
     mf_items: np.ndarray,
     content: np.ndarray,
-    log_pop: np.ndarray,
+    static: np.ndarray,
     negatives: int,
     pool_size: int,
     seed: int,
 ):
-    """Validation positives vs negatives, both from the candidate pool the funnel would
-    rank (two-tower top `pool_size - popular` plus popular top `popular`, minus what the
-    user has seen). Only users whose validation item is in their pool count: the ranker
-    orders candidates, so it must learn from the candidates' distribution (fitting on
-    positives from outside the pool teaches it that a low two-tower score is good)."""
+    """Positives vs negatives, both from the candidate pool the funnel would rank
+    (two-tower top `pool_size - popular` plus popular top `popular`, minus what the user
+    has seen). Only examples whose positive is in the pool count: the ranker orders
+    candidates, so it must learn from the candidates' distribution (fitting on positives
+    from outside the pool teaches it that a low two-tower score is good). `static` must be
+    computed from the fit data only (popularity that counts the validation items leaks)."""
     rng = np.random.default_rng(seed)
-    rows = [u for u, t in enumerate(target) if t >= 0]
-    if not rows:
+    if not examples:
         return None
     inputs = []
-    for u in rows:
-        d = demo[u]
-        when = int(inter.pos_time[u][-1]) * 1000
-        inputs.append(UserInput(fit_pos[u][::-1].tolist(), d.age, d.gender, d.occupation, d.region, when))
+    for ex in examples:
+        d = demo[ex.user]
+        inputs.append(UserInput(ex.history.tolist(), d.age, d.gender, d.occupation, d.region, ex.time_ms))
     tt_users = user_embeddings(user_tower_path, spec, inputs)
     n_popular = pool_size // 5
-    n_ann = min(pool_size - n_popular, len(log_pop) - 1)
-    popular = np.argsort(-log_pop, kind="stable")[:n_popular]
-    feats, labels = [], []
-    for j, u in enumerate(rows):
+    n_ann = min(pool_size - n_popular, len(static) - 1)
+    popular = np.argsort(-static[:, 0], kind="stable")[:n_popular]
+    feats, labels, lengths = [], [], []
+    for j, ex in enumerate(examples):
         scores = item_emb @ tt_users[j]
         pool = np.union1d(np.argpartition(-scores, n_ann)[:n_ann], popular)
-        pool = np.setdiff1d(pool, inter.seen[u][np.isin(inter.seen[u], [target[u]], invert=True)])
-        if target[u] not in pool:
+        pool = np.setdiff1d(pool, ex.seen)
+        if ex.target not in pool:
             continue
-        pool = pool[pool != target[u]]
+        pool = pool[pool != ex.target]
         if len(pool) == 0:
             continue
         neg = rng.choice(pool, size=min(negatives, len(pool)), replace=False)
-        cands = np.concatenate([[target[u]], neg]).astype(np.int64)
-        recent = fit_pos[u][::-1]
+        cands = np.concatenate([[ex.target], neg]).astype(np.int64)
         state = UserState(
             tt_user=np.ascontiguousarray(tt_users[j], dtype=np.float32),
-            mf_user=np.ascontiguousarray(mf_users[u]),
-            profile=content_profile(content, recent),
-            disliked=disliked_rows(content, inter.neg[u][::-1]),
+            mf_user=np.ascontiguousarray(ex.mf_user, dtype=np.float32),
+            profile=content_profile(content, ex.history),
+            disliked=disliked_rows(content, inter.neg[ex.user][::-1]),
+            coldness=coldness(len(ex.history)),
         )
-        feats.append(build_features(state, item_emb, mf_items, content, log_pop, cands))
+        feats.append(build_features(state, item_emb, mf_items, content, static, cands))
         labels.append(np.r_[1.0, np.zeros(len(neg))])
+        lengths.append(np.full(len(cands), len(ex.history), dtype=np.int64))
     if not feats:
         return None
-    return fit_logistic(np.vstack(feats), np.concatenate(labels), list(FEATURE_NAMES))
+    return fit_segmented(np.vstack(feats), np.concatenate(labels), np.concatenate(lengths), list(FEATURE_NAMES))
 
 
 def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) -> Path:
@@ -370,13 +422,22 @@ def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) 
         popularity = np.zeros(n_items, dtype=np.float32)
         for p in inter.pos:
             np.add.at(popularity, p, 1.0)
-        log_pop = np.log1p(popularity).astype(np.float32)
+        for name, array in _source_arrays(ds, inter, spec, demo, item_emb, w.path("index.usearch")).items():
+            w.save_array(name, array)
         t0 = lap("export_index", t0)
 
+        # Item-side ranking features as of the end of the fit data (no validation leak).
+        fit_popularity = np.zeros(n_items, dtype=np.float32)
+        for p in fit_pos:
+            np.add.at(fit_popularity, p, 1.0)
+        fit_end = max((int(t[-1]) for t in fit_time if len(t)), default=0)
+        created = ds.items["created_at"].to_numpy(np.int64)
+        fit_static = item_static(fit_popularity, source_arrays.trending(fit_pos, fit_time, n_items), created, fit_end)
+        ranked = ranker_examples(inter, fit_pos, fit_time, target, mf_users_fit, mf_items, config.mf,
+                                 config.two_tower.seed)
         ranker = fit_ranker(
-            inter, fit_pos, fit_time, target, demo, spec, w.path("user_tower.onnx"), item_emb,
-            mf_users_fit, mf_items, content, log_pop, config.ranker_negatives, config.ranker_pool,
-            config.two_tower.seed,
+            ranked, inter, demo, spec, w.path("user_tower.onnx"), item_emb, mf_items, content,
+            fit_static, config.ranker_negatives, config.ranker_pool, config.two_tower.seed,
         )
         t0 = lap("ranker", t0)
 
@@ -443,13 +504,32 @@ def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) 
     return path
 
 
+def _source_arrays(ds: Dataset, inter: Interactions, spec: FeatureSpec, demo: list[UserInput],
+                   item_emb: np.ndarray, index_path: Path) -> dict[str, np.ndarray]:
+    """The candidate sources' arrays (recsys.bundle.OPTIONAL_ARRAY_FILES)."""
+    n_items = len(inter.item_ids)
+    clicks, impressions = source_arrays.clicks_impressions(ds.interactions, inter.item_ids)
+    near, near_sims = source_arrays.neighbours(
+        Index.restore(str(index_path), view=True), item_emb, np.arange(n_items, dtype=np.int64)
+    )
+    return {
+        "trending": source_arrays.trending(inter.pos, inter.pos_time, n_items),
+        "regional_popularity": source_arrays.regional_popularity(inter.pos, demo, spec, n_items),
+        "item_clicks": clicks,
+        "item_impressions": impressions,
+        "item_created_at": ds.items["created_at"].to_numpy(np.int64),
+        "item_neighbours": near,
+        "item_neighbour_scores": near_sims,
+    }
+
+
 def _default_ranker() -> dict[str, object]:
     """Used only when the data has no user with 3+ positives to validate on: the two
     retrieval scores, equally weighted (stated as such in the manifest)."""
     return {
         "model": "fixed",
         "features": list(FEATURE_NAMES),
-        "weights": [1.0, 1.0, 0.0, 0.0, 0.0],
+        "weights": [1.0, 1.0] + [0.0] * (len(FEATURE_NAMES) - 2),
         "bias": 0.0,
         "metrics": {},
     }

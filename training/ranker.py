@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# History-length segments (served by ranking_svc.ranker.Ranker.weights_for): one linear
+# model cannot weigh popularity for a brand-new user the way it must for a user with 200 items.
+SEGMENTS = (("new", 0), ("cold", 9), ("warm", None))
+MIN_SEGMENT_POSITIVES = 30  # fewer: the segment uses the pooled model
+
 
 @dataclass
 class LinearRanker:
@@ -20,15 +25,44 @@ class LinearRanker:
     weights: np.ndarray  # float32[f]
     bias: float
     metrics: dict[str, float]
+    segments: list[dict[str, object]] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "model": "logistic",
             "features": self.feature_names,
             "weights": [float(w) for w in self.weights],
             "bias": float(self.bias),
             "metrics": self.metrics,
         }
+        if self.segments:
+            out["model"] = "logistic_segmented"
+            out["segments"] = self.segments
+        return out
+
+
+def fit_segmented(
+    features: np.ndarray, labels: np.ndarray, n_history: np.ndarray, names: list[str]
+) -> LinearRanker:
+    """A pooled model plus one per history-length segment (SEGMENTS)."""
+    pooled = fit_logistic(features, labels, names)
+    segments: list[dict[str, object]] = []
+    low = 0
+    for name, bound in SEGMENTS:
+        rows = (n_history >= low) & (n_history <= (bound if bound is not None else np.iinfo(np.int64).max))
+        low = (bound if bound is not None else 0) + 1
+        model = pooled
+        if labels[rows].sum() >= MIN_SEGMENT_POSITIVES and (labels[rows] < 0.5).any():
+            model = fit_logistic(features[rows], labels[rows], names)
+        segments.append({
+            "name": name,
+            "max_history": bound,
+            "weights": [float(w) for w in model.weights],
+            "bias": float(model.bias),
+            "metrics": {**model.metrics, "pooled": model is pooled, "segment_rows": float(rows.sum())},
+        })
+    pooled.segments = segments
+    return pooled
 
 
 def fit_logistic(

@@ -23,12 +23,33 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class RetrieveRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SourceQuotasEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     USER_ID_FIELD_NUMBER: _builtins.int
     HISTORY_ITEM_IDS_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     REQUEST_TIME_MS_FIELD_NUMBER: _builtins.int
     NUM_CANDIDATES_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
+    SOURCE_QUOTAS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Optional. The caller's user id, used only for logs and metrics (the service is
     stateless about users). Empty for anonymous requests. 0..128 characters.
@@ -57,6 +78,15 @@ class RetrieveRequest(_message.Message):
         the catalogue allows. At most 20000 ids.
         """
 
+    @_builtins.property
+    def source_quotas(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Optional. Which sources to ask and how many candidates each may add (source name ->
+        count), e.g. {"two_tower": 200, "fresh": 20}; empty = the service's configured shares.
+        When set, only the named sources run; if they find fewer than num_candidates, the
+        rest is filled from global popularity. Names: two_tower, item_to_item, popular,
+        trending, regional, fresh (unknown names are INVALID_ARGUMENT). Counts 0..2000.
+        """
+
     def __init__(
         self,
         *,
@@ -66,14 +96,59 @@ class RetrieveRequest(_message.Message):
         request_time_ms: _builtins.int = ...,
         num_candidates: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
+        source_quotas: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "features", b"features", "history_item_ids", b"history_item_ids", "num_candidates", b"num_candidates", "request_time_ms", b"request_time_ms", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "features", b"features", "history_item_ids", b"history_item_ids", "num_candidates", b"num_candidates", "request_time_ms", b"request_time_ms", "source_quotas", b"source_quotas", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetrieveRequest: _TypeAlias = RetrieveRequest  # noqa: Y015
+
+@_typing.final
+class RetrieveBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetrieveRequest]:
+        """Required. One RetrieveRequest per user, 1..64 of them."""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___RetrieveRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrieveBatchRequest: _TypeAlias = RetrieveBatchRequest  # noqa: Y015
+
+@_typing.final
+class RetrieveBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___RetrieveResponse]:
+        """One answer per request, in request order."""
+
+    def __init__(
+        self,
+        *,
+        responses: _abc.Iterable[Global___RetrieveResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrieveBatchResponse: _TypeAlias = RetrieveBatchResponse  # noqa: Y015
 
 @_typing.final
 class Candidate(_message.Message):
@@ -115,10 +190,15 @@ class RetrieveResponse(_message.Message):
     BUNDLE_VERSION_FIELD_NUMBER: _builtins.int
     HISTORY_USED_FIELD_NUMBER: _builtins.int
     USER_EMBEDDING_FIELD_NUMBER: _builtins.int
+    COLD_START_FIELD_NUMBER: _builtins.int
     bundle_version: _builtins.str
     """The bundle version that produced this answer."""
     history_used: _builtins.int
     """How many history ids were known to the bundle and fed to the user tower."""
+    cold_start: _builtins.bool
+    """True when no history id was known to the bundle: the user tower saw only
+    demographics, region and time, and item_to_item proposed nothing.
+    """
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Candidate]:
         """Candidates, best two_tower_score first; at most num_candidates, distinct ids."""
@@ -136,10 +216,11 @@ class RetrieveResponse(_message.Message):
         bundle_version: _builtins.str = ...,
         history_used: _builtins.int = ...,
         user_embedding: _abc.Iterable[_builtins.float] | None = ...,
+        cold_start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "candidates", b"candidates", "history_used", b"history_used", "user_embedding", b"user_embedding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "candidates", b"candidates", "cold_start", b"cold_start", "history_used", b"history_used", "user_embedding", b"user_embedding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,11 @@ class CandidateServiceStub:
                 request_serializer=recsys_dot_v1_dot_candidate__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=recsys_dot_v1_dot_candidate__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.RetrieveBatch = channel.unary_unary(
+                '/recsys.v1.CandidateService/RetrieveBatch',
+                request_serializer=recsys_dot_v1_dot_candidate__pb2.RetrieveBatchRequest.SerializeToString,
+                response_deserializer=recsys_dot_v1_dot_candidate__pb2.RetrieveBatchResponse.FromString,
+                _registered_method=True)
 
 
 class CandidateServiceServicer:
@@ -59,6 +64,15 @@ class CandidateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetrieveBatch(self, request, context):
+        """Retrieve for several users in one call: one user-tower batch, then one search and
+        merge per user. Answers come in request order. Errors as Retrieve; a field error
+        names the request (`requests[2].num_candidates: ...`) and fails the whole call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CandidateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -66,6 +80,11 @@ def add_CandidateServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=recsys_dot_v1_dot_candidate__pb2.RetrieveRequest.FromString,
                     response_serializer=recsys_dot_v1_dot_candidate__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'RetrieveBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrieveBatch,
+                    request_deserializer=recsys_dot_v1_dot_candidate__pb2.RetrieveBatchRequest.FromString,
+                    response_serializer=recsys_dot_v1_dot_candidate__pb2.RetrieveBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -98,6 +117,33 @@ class CandidateService:
             '/recsys.v1.CandidateService/Retrieve',
             recsys_dot_v1_dot_candidate__pb2.RetrieveRequest.SerializeToString,
             recsys_dot_v1_dot_candidate__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrieveBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.CandidateService/RetrieveBatch',
+            recsys_dot_v1_dot_candidate__pb2.RetrieveBatchRequest.SerializeToString,
+            recsys_dot_v1_dot_candidate__pb2.RetrieveBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,11 @@ class CandidateServiceStub:
     limits; the message names the field), UNAVAILABLE (no bundle loaded yet),
     DEADLINE_EXCEEDED (the caller's deadline passed).
     """
+    RetrieveBatch: _grpc.UnaryUnaryMultiCallable[_candidate_pb2.RetrieveBatchRequest, _candidate_pb2.RetrieveBatchResponse]
+    """Retrieve for several users in one call: one user-tower batch, then one search and
+    merge per user. Answers come in request order. Errors as Retrieve; a field error
+    names the request (`requests[2].num_candidates: ...`) and fails the whole call.
+    """
 
 @_typing.type_check_only
 class CandidateServiceAsyncStub(CandidateServiceStub):
@@ -54,6 +59,11 @@ class CandidateServiceAsyncStub(CandidateServiceStub):
     """Retrieve candidates for one user. Errors: INVALID_ARGUMENT (a field is out of its
     limits; the message names the field), UNAVAILABLE (no bundle loaded yet),
     DEADLINE_EXCEEDED (the caller's deadline passed).
+    """
+    RetrieveBatch: _aio.UnaryUnaryMultiCallable[_candidate_pb2.RetrieveBatchRequest, _candidate_pb2.RetrieveBatchResponse]  # type: ignore[assignment]
+    """Retrieve for several users in one call: one user-tower batch, then one search and
+    merge per user. Answers come in request order. Errors as Retrieve; a field error
+    names the request (`requests[2].num_candidates: ...`) and fails the whole call.
     """
 
 class CandidateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -71,6 +81,17 @@ class CandidateServiceServicer(metaclass=_abc_1.ABCMeta):
         """Retrieve candidates for one user. Errors: INVALID_ARGUMENT (a field is out of its
         limits; the message names the field), UNAVAILABLE (no bundle loaded yet),
         DEADLINE_EXCEEDED (the caller's deadline passed).
+        """
+
+    @_abc_1.abstractmethod
+    def RetrieveBatch(
+        self,
+        request: _candidate_pb2.RetrieveBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_candidate_pb2.RetrieveBatchResponse, _abc.Awaitable[_candidate_pb2.RetrieveBatchResponse]]:
+        """Retrieve for several users in one call: one user-tower batch, then one search and
+        merge per user. Answers come in request order. Errors as Retrieve; a field error
+        names the request (`requests[2].num_candidates: ...`) and fails the whole call.
         """
 
 def add_CandidateServiceServicer_to_server(servicer: CandidateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -67,12 +67,16 @@ class SourceScore(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     source: _builtins.str
-    """Source name: "two_tower" (ANN over the item-tower embeddings) or "popular" (global
-    popularity in the bundle's training window). Later sources add names, never reuse one.
+    """Source name: "two_tower" (ANN over the item-tower embeddings), "popular" (global
+    popularity in the bundle's training window), "item_to_item" (nearest items of the
+    user's recent history), "trending" (time-decayed recent popularity), "regional"
+    (popularity in the user's region) or "fresh" (new items, exploration). Later sources
+    add names, never reuse one.
     """
     score: _builtins.float
-    """The source's own score (cosine for two_tower, log popularity for popular). Only
-    comparable within one source.
+    """The source's own score: cosine for two_tower and item_to_item, log(1 + positives) for
+    popular and regional, decayed positive count for trending, a sampled click-rate
+    (0..1) for fresh. Only comparable within one source.
     """
     def __init__(
         self,

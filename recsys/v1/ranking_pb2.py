@@ -25,27 +25,31 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x8c\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x17\n\x0frequest_time_ms\x18\x05 \x01(\x03\"Q\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12\r\n\x05title\x18\x04 \x01(\t\"\x95\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x12\n\ncold_start\x18\x05 \x01(\x08\"\x9a\x01\n\x05\x45vent\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\r\n\x05query\x18\x07 \x01(\t\"4\n\x10LogEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"7\n\x11LogEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*\xc9\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x03\x12\x16\n\x12\x45VENT_TYPE_DISLIKE\x10\x04\x12\x14\n\x10\x45VENT_TYPE_WATCH\x10\x05\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x06\x12\x15\n\x11\x45VENT_TYPE_SEARCH\x10\x07\x32\xa0\x01\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x46\n\tLogEvents\x12\x1b.recsys.v1.LogEventsRequest\x1a\x1c.recsys.v1.LogEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17recsys/v1/ranking.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\x9d\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x17\n\x0frequest_time_ms\x18\x05 \x01(\x03\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\"X\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12\x14\n\x0c\x63ontribution\x18\x04 \x01(\x02\"c\n\x0b\x45xplanation\x12\x0f\n\x07sources\x18\x01 \x03(\t\x12\x34\n\x0ctop_features\x18\x02 \x03(\x0b\x32\x1e.recsys.v1.FeatureContribution\x12\r\n\x05rules\x18\x03 \x03(\t\"~\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0f\n\x07sources\x18\x03 \x03(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12+\n\x0b\x65xplanation\x18\x05 \x01(\x0b\x32\x16.recsys.v1.Explanation\"\xa6\x01\n\x11RecommendResponse\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RecommendedItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x12\x0f\n\x07variant\x18\x06 \x01(\t\"\xab\x01\n\x05\x45vent\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\"\n\x04type\x18\x04 \x01(\x0e\x32\x14.recsys.v1.EventType\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\r\n\x05query\x18\x07 \x01(\t\x12\x0f\n\x07variant\x18\x08 \x01(\t\"4\n\x10LogEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.recsys.v1.Event\"7\n\x11LogEventsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05*\xc9\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x03\x12\x16\n\x12\x45VENT_TYPE_DISLIKE\x10\x04\x12\x14\n\x10\x45VENT_TYPE_WATCH\x10\x05\x12\x15\n\x11\x45VENT_TYPE_RATING\x10\x06\x12\x15\n\x11\x45VENT_TYPE_SEARCH\x10\x07\x32\xa0\x01\n\x0eRankingService\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x46\n\tLogEvents\x12\x1b.recsys.v1.LogEventsRequest\x1a\x1c.recsys.v1.LogEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.v1.ranking_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=709
-  _globals['_EVENTTYPE']._serialized_end=910
+  _globals['_EVENTTYPE']._serialized_start=996
+  _globals['_EVENTTYPE']._serialized_end=1197
   _globals['_RECOMMENDREQUEST']._serialized_start=63
-  _globals['_RECOMMENDREQUEST']._serialized_end=203
-  _globals['_RECOMMENDEDITEM']._serialized_start=205
-  _globals['_RECOMMENDEDITEM']._serialized_end=286
-  _globals['_RECOMMENDRESPONSE']._serialized_start=289
-  _globals['_RECOMMENDRESPONSE']._serialized_end=438
-  _globals['_EVENT']._serialized_start=441
-  _globals['_EVENT']._serialized_end=595
-  _globals['_LOGEVENTSREQUEST']._serialized_start=597
-  _globals['_LOGEVENTSREQUEST']._serialized_end=649
-  _globals['_LOGEVENTSRESPONSE']._serialized_start=651
-  _globals['_LOGEVENTSRESPONSE']._serialized_end=706
-  _globals['_RANKINGSERVICE']._serialized_start=913
-  _globals['_RANKINGSERVICE']._serialized_end=1073
+  _globals['_RECOMMENDREQUEST']._serialized_end=220
+  _globals['_FEATURECONTRIBUTION']._serialized_start=222
+  _globals['_FEATURECONTRIBUTION']._serialized_end=310
+  _globals['_EXPLANATION']._serialized_start=312
+  _globals['_EXPLANATION']._serialized_end=411
+  _globals['_RECOMMENDEDITEM']._serialized_start=413
+  _globals['_RECOMMENDEDITEM']._serialized_end=539
+  _globals['_RECOMMENDRESPONSE']._serialized_start=542
+  _globals['_RECOMMENDRESPONSE']._serialized_end=708
+  _globals['_EVENT']._serialized_start=711
+  _globals['_EVENT']._serialized_end=882
+  _globals['_LOGEVENTSREQUEST']._serialized_start=884
+  _globals['_LOGEVENTSREQUEST']._serialized_end=936
+  _globals['_LOGEVENTSRESPONSE']._serialized_start=938
+  _globals['_LOGEVENTSRESPONSE']._serialized_end=993
+  _globals['_RANKINGSERVICE']._serialized_start=1200
+  _globals['_RANKINGSERVICE']._serialized_end=1360
 # @@protoc_insertion_point(module_scope)

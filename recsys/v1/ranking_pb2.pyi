@@ -73,6 +73,7 @@ class RecommendRequest(_message.Message):
     FEATURES_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     REQUEST_TIME_MS_FIELD_NUMBER: _builtins.int
+    EXPLAIN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Required. The caller's user id. 1..128 characters, no whitespace or control
     characters. Users the bundle has never seen are served as cold-start users.
@@ -82,6 +83,10 @@ class RecommendRequest(_message.Message):
     request_time_ms: _builtins.int
     """Optional. Request time in Unix milliseconds (time-of-day/season context); 0 = now.
     Limits: 0 or 2000-01-01..2100-01-01.
+    """
+    explain: _builtins.bool
+    """Optional. When true every returned item carries an `explanation`. Off by default:
+    explanations cost time and bytes.
     """
     @_builtins.property
     def features(self) -> _common_pb2.UserFeatures:
@@ -101,14 +106,88 @@ class RecommendRequest(_message.Message):
         features: _common_pb2.UserFeatures | None = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         request_time_ms: _builtins.int = ...,
+        explain: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "features", b"features", "k", b"k", "request_time_ms", b"request_time_ms", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "explain", b"explain", "features", b"features", "k", b"k", "request_time_ms", b"request_time_ms", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecommendRequest: _TypeAlias = RecommendRequest  # noqa: Y015
+
+@_typing.final
+class FeatureContribution(_message.Message):
+    """One ranking feature's part in an item's score: contribution = weight * value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The feature name, as in the bundle manifest's ranker (e.g. "two_tower", "mf")."""
+    value: _builtins.float
+    """The feature's value for this user and item."""
+    weight: _builtins.float
+    """The fitted weight of the feature in the linear ranker."""
+    contribution: _builtins.float
+    """weight * value: how much the feature added to the score."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.float = ...,
+        weight: _builtins.float = ...,
+        contribution: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution", "name", b"name", "value", b"value", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureContribution: _TypeAlias = FeatureContribution  # noqa: Y015
+
+@_typing.final
+class Explanation(_message.Message):
+    """Why an item is in the answer and at its place."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCES_FIELD_NUMBER: _builtins.int
+    TOP_FEATURES_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The candidate sources that proposed the item (same names as RecommendedItem.sources)."""
+
+    @_builtins.property
+    def top_features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureContribution]:
+        """The features with the largest |contribution|, largest first; at most 3."""
+
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The re-ranking rules that moved or placed the item, in the order they ran, e.g.
+        "mmr: moved from 3 to 7", "creator_cap: 3 items of X already above",
+        "explore: fresh item given slot 10". Empty when no rule moved it.
+        """
+
+    def __init__(
+        self,
+        *,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        top_features: _abc.Iterable[Global___FeatureContribution] | None = ...,
+        rules: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "sources", b"sources", "top_features", b"top_features"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
 @_typing.final
 class RecommendedItem(_message.Message):
@@ -118,17 +197,26 @@ class RecommendedItem(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
+    EXPLANATION_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     """The item id."""
     score: _builtins.float
-    """The ranker's score; higher is better. Comparable within one response only."""
+    """The ranker's score (plus any seasonal boost); higher is better. Comparable within
+    one response only. Items are ordered by the re-ranking rules (diversity, caps,
+    exploration), so a lower score may precede a higher one; the first item has the
+    highest score.
+    """
     title: _builtins.str
     """The item's title from the bundle catalogue (may be empty)."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The sources that proposed the item ("two_tower", "popular", or "fallback_popular"
-        when the candidate tier was unavailable).
+        """The sources that proposed the item ("two_tower", "popular", ..., or
+        "fallback_popular"/"fallback_trending" when the candidate tier was unavailable).
         """
+
+    @_builtins.property
+    def explanation(self) -> Global___Explanation:
+        """Set only when RecommendRequest.explain is true."""
 
     def __init__(
         self,
@@ -137,10 +225,11 @@ class RecommendedItem(_message.Message):
         score: _builtins.float = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
         title: _builtins.str = ...,
+        explanation: Global___Explanation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "score", b"score", "sources", b"sources", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanation", b"explanation", "item_id", b"item_id", "score", b"score", "sources", b"sources", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -155,6 +244,7 @@ class RecommendResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _builtins.int
     DEGRADED_REASON_FIELD_NUMBER: _builtins.int
     COLD_START_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     bundle_version: _builtins.str
     """The bundle version that served this answer."""
     degraded: _builtins.bool
@@ -164,6 +254,10 @@ class RecommendResponse(_message.Message):
     cold_start: _builtins.bool
     """True when the user has no known history (neither in the bundle nor in the event
     store): the answer comes from features, context and popularity alone.
+    """
+    variant: _builtins.str
+    """The A/B variant that served this answer (assigned by a stable hash of user_id;
+    "default" when no experiment is configured). Send it back in Event.variant.
     """
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendedItem]:
@@ -179,10 +273,11 @@ class RecommendResponse(_message.Message):
         degraded: _builtins.bool = ...,
         degraded_reason: _builtins.str = ...,
         cold_start: _builtins.bool = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "cold_start", b"cold_start", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_version", b"bundle_version", "cold_start", b"cold_start", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "items", b"items", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,6 +294,7 @@ class Event(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
     QUERY_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     """Required. A key unique to this event, chosen by the client; a retried event with a
     key already stored is acknowledged and not stored again. 1..128 characters.
@@ -219,6 +315,10 @@ class Event(_message.Message):
     """
     query: _builtins.str
     """Required for SEARCH (1..512 characters), empty otherwise."""
+    variant: _builtins.str
+    """Optional. The RecommendResponse.variant that showed the item, 1..64 characters of
+    [A-Za-z0-9_.-]; empty = the variant the user is assigned to now.
+    """
     def __init__(
         self,
         *,
@@ -229,10 +329,11 @@ class Event(_message.Message):
         value: _builtins.float = ...,
         timestamp_ms: _builtins.int = ...,
         query: _builtins.str = ...,
+        variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "item_id", b"item_id", "query", b"query", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "item_id", b"item_id", "query", b"query", "timestamp_ms", b"timestamp_ms", "type", b"type", "user_id", b"user_id", "value", b"value", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,383 @@
+"""Candidate tier at catalogue scale: usearch vs exact NumPy (and hnswlib / faiss HNSW when
+installed), then Retrieve's server-side time on a bundle grown to the same catalogue.
+
+    .venv/bin/python bench/bench_candidate.py                 # 1,000,000 items (heavy)
+    .venv/bin/python bench/bench_candidate.py --items 100000  # the everyday size
+
+Items are clustered 64-d unit vectors (cluster centres + Gaussian spread), queries are
+fresh draws from the same clusters. Every number is printed beside its baseline from the
+same run: recall@10 against exact search, per-query latency against exact NumPy search,
+usearch as the service calls it against `Index.search` and against hnswlib / faiss at the
+same M, ef_construction and (swept) ef. Retrieve = user tower (the real trained ONNX
+tower) + every source + merge + two-tower scores, in process, one thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one compute thread, as in serving (exact search too)
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+
+import numpy as np  # noqa: E402
+from usearch.compiled import ScalarKind  # noqa: E402
+from usearch.index import Index  # noqa: E402
+
+
+def rss_mb() -> float:
+    """Resident set size from /proc/self/status (VmRSS), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    out = np.empty((n, dim), dtype=np.float32)
+    step = 200_000
+    for start in range(0, n, step):
+        m = min(step, n - start)
+        x = centres[rng.integers(0, clusters, m)] + 0.35 * rng.normal(size=(m, dim)).astype(np.float32)
+        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def exact_topk(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ground truth by brute force (cosine = dot on unit vectors), in query chunks."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for s in range(0, len(queries), 64):
+        sims = queries[s : s + 64] @ items.T
+        part = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, part, 1), axis=1)
+        out[s : s + 64] = np.take_along_axis(part, order, 1)
+    return out
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
+
+
+def timed(fn, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(results, per-query seconds) calling fn(q) once per query."""
+    res, secs = [], np.empty(len(queries))
+    for j, q in enumerate(queries):
+        t0 = time.perf_counter()
+        res.append(fn(q))
+        secs[j] = time.perf_counter() - t0
+    return np.asarray(res), secs
+
+
+def us(secs: np.ndarray, p: float) -> float:
+    return float(np.percentile(secs, p) * 1e6)
+
+
+def row(name: str, rec: float, secs: np.ndarray, base_p50: float | None = None) -> str:
+    ratio = f"  x{base_p50 / us(secs, 50):7.1f} vs exact" if base_p50 else ""
+    return f"  {name:<38} recall@10 {rec:6.4f}  p50 {us(secs, 50):9.1f} us  p99 {us(secs, 99):9.1f} us{ratio}"
+
+
+def bench_ann(args, items: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int) -> dict:
+    n, dim = items.shape
+    results: dict[str, list[tuple[int, float, float]]] = {}
+    q_exact = queries[: args.exact_queries]
+    _, exact_secs = timed(lambda q: np.argpartition(-(items @ q), k)[:k], q_exact)
+    exact_p50 = us(exact_secs, 50)
+    print(f"\nexact NumPy search (one thread), {len(q_exact)} single queries: "
+          f"p50 {exact_p50:.0f} us, p99 {us(exact_secs, 99):.0f} us   <- baseline")
+
+    rss0 = rss_mb()
+    t0 = time.perf_counter()
+    index = Index(ndim=dim, metric="cos", dtype=args.dtype, connectivity=args.connectivity,
+                  expansion_add=args.expansion_add, expansion_search=args.expansion_search)
+    index.add(np.arange(n, dtype=np.uint64), items, threads=0)
+    build_s = time.perf_counter() - t0
+    rss1 = rss_mb()
+    path = Path(tempfile.mkdtemp(prefix="bench-cand-")) / "index.usearch"
+    index.save(str(path))
+    size_mb = path.stat().st_size / 2**20
+    print(f"usearch build ({args.dtype}, M={args.connectivity}, ef_add={args.expansion_add}, 2 threads): "
+          f"{build_s:.1f} s; VmRSS {rss0:.0f} -> {rss1:.0f} MiB (+{rss1 - rss0:.0f}); file {size_mb:.0f} MiB "
+          f"(vectors alone {items.nbytes / 2**20:.0f} MiB)")
+    del index
+    rss2 = rss_mb()
+    view = Index.restore(str(path), view=True)
+    rss3 = rss_mb()
+    print(f"usearch restore(view=True): VmRSS {rss2:.0f} -> {rss3:.0f} MiB before the first query "
+          "(pages come in on use and are shared between replicas)")
+
+    search_many = view._compiled.search_many  # what the service calls
+
+    def ours(q):
+        keys, _, counts, _, _ = search_many(q.reshape(1, -1), count=k, exact=False, threads=1, dtype=ScalarKind.F32)
+        return keys[0, :k].astype(np.int64)
+
+    print("\nper single query (same queries for every row):")
+    for ef in args.ef:
+        view.expansion_search = ef
+        found, secs = timed(ours, queries)
+        results.setdefault("usearch", []).append((ef, recall(found, truth), us(secs, 50)))
+        print(row(f"usearch ef={ef} (as the service calls it)", recall(found, truth), secs, exact_p50))
+    view.expansion_search = args.expansion_search
+    found, secs = timed(lambda q: np.asarray(view.search(q, k).keys, dtype=np.int64), queries)
+    print(row(f"usearch ef={args.expansion_search} Index.search(q, 10)", recall(found, truth), secs, exact_p50))
+    found, secs = timed(lambda q: np.asarray(view.search(q, k, threads=1).keys, dtype=np.int64), queries)
+    print(row(f"usearch ef={args.expansion_search} Index.search(threads=1)", recall(found, truth), secs, exact_p50))
+
+    for name, build in (("hnswlib", _hnswlib), ("faiss", _faiss)):
+        try:
+            t0 = time.perf_counter()
+            r0 = rss_mb()
+            set_ef, query = build(items, args)
+            print(f"  {name} build: {time.perf_counter() - t0:.1f} s, VmRSS +{rss_mb() - r0:.0f} MiB")
+        except ImportError as e:
+            print(f"  {name}: not installed ({e}); pip install -e '.[bench]'")
+            continue
+        for ef in args.ef:
+            set_ef(ef)
+            found, secs = timed(query, queries)
+            results.setdefault(name, []).append((ef, recall(found, truth), us(secs, 50)))
+            print(row(f"{name} ef={ef}", recall(found, truth), secs, exact_p50))
+    _equal_recall(results, args.target_recall)
+    view.expansion_search = args.expansion_search
+    return {"exact_p50_us": exact_p50, "build_s": build_s, "index": view, "path": path}
+
+
+def _equal_recall(results: dict, target: float) -> None:
+    """Latency of the cheapest ef reaching `target` recall, per library."""
+    print(f"\nat equal recall (cheapest swept ef with recall@10 >= {target}):")
+    base = None
+    for name, runs in results.items():
+        ok = [r for r in runs if r[1] >= target]
+        if not ok:
+            print(f"  {name:<10} never reached {target} in the sweep")
+            continue
+        ef, rec, p50 = min(ok, key=lambda r: r[2])
+        base = base or p50
+        print(f"  {name:<10} ef={ef:<4} recall {rec:.4f}  p50 {p50:7.1f} us  ({p50 / base:.2f}x usearch)")
+
+
+def _hnswlib(items: np.ndarray, args):
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=items.shape[1])
+    index.init_index(max_elements=len(items), M=args.connectivity, ef_construction=args.expansion_add)
+    index.add_items(items, np.arange(len(items)), num_threads=os.cpu_count() or 1)
+    index.set_num_threads(1)
+    return index.set_ef, lambda q: index.knn_query(q, k=10, num_threads=1)[0][0].astype(np.int64)
+
+
+def _faiss(items: np.ndarray, args):
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = faiss.IndexHNSWFlat(items.shape[1], args.connectivity, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = args.expansion_add
+    index.add(items)
+    faiss.omp_set_num_threads(1)
+
+    def set_ef(ef: int) -> None:
+        index.hnsw.efSearch = ef
+
+    return set_ef, lambda q: index.search(q.reshape(1, -1), 10)[1][0].astype(np.int64)
+
+
+def scaled_bundle(args, items: np.ndarray, index_path: Path):
+    """A trained tiny bundle grown to the synthetic catalogue: its real ONNX user tower,
+    the synthetic item embeddings and index, Zipf popularity and source arrays."""
+    from recsys.bundle import load_bundle
+
+    base = load_bundle(args.bundle) if args.bundle else load_bundle(_train_small(items.shape[1]))
+    n = len(items)
+    rng = np.random.default_rng(1)
+    pop = (1e5 / np.arange(1, n + 1) ** 1.1).astype(np.float32)[rng.permutation(n)]
+    regions = len(base.spec.regions) + 1
+    near, near_s = _neighbours_from_clusters(items, rng)
+    created = np.full(n, 1_700_000_000, np.int64)
+    created[rng.choice(n, n // 100, replace=False)] += 86_400 * 365
+    extras = {
+        "trending": (pop * rng.random(n)).astype(np.float32),
+        "regional_popularity": (pop[None, :] * rng.random((regions, n))).astype(np.float32),
+        "item_clicks": rng.integers(0, 20, n).astype(np.float32),
+        "item_impressions": rng.integers(20, 400, n).astype(np.float32),
+        "item_created_at": created,
+        "item_neighbours": near,
+        "item_neighbour_scores": near_s,
+    }
+    vdir = Path(tempfile.mkdtemp(prefix="bench-bundle-"))
+    (vdir / "user_tower.onnx").symlink_to(base.file("user_tower.onnx"))
+    (vdir / "index.usearch").symlink_to(index_path)
+    manifest = {**base.manifest, "catalog_update": {"tower_items": base.n_items}}
+    return dataclasses.replace(
+        base, path=vdir, manifest=manifest, item_ids=[f"s{i}" for i in range(n)],
+        item_embeddings=items, popularity=pop, extras=extras,
+    )
+
+
+def _neighbours_from_clusters(items: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
+    """20 random neighbours per item (the bench times the lookup, not their quality)."""
+    n = len(items)
+    return rng.integers(0, n, (n, 20)).astype(np.int64), np.sort(rng.random((n, 20)).astype(np.float32))[:, ::-1].copy()
+
+
+def _train_small(dim: int) -> Path:
+    from training.pipeline import TrainConfig, train
+    from training.synthetic import generate
+    from training.two_tower import TwoTowerParams
+
+    root = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    cfg = TrainConfig(two_tower=dataclasses.replace(TwoTowerParams(), dim=dim, epochs=2), history_length=20)
+    print(f"training a small bundle for its {dim}-d user tower ...", flush=True)
+    return train(generate(n_users=400, n_items=500, seed=3), root, cfg)
+
+
+def bench_retrieve(args, bundle) -> None:
+    from candidate_svc.retrieval import Request, Retriever
+    from recsys.features import UserInput
+
+    r = Retriever(bundle, expansion=args.expansion_search)
+    r.warmup()
+    rng = np.random.default_rng(5)
+    tower_items = int(bundle.manifest["catalog_update"]["tower_items"])
+    regions = bundle.spec.regions
+    reqs = []
+    for j in range(args.requests):
+        cold = j % 5 == 0
+        hist = [] if cold else rng.integers(0, tower_items, rng.integers(1, 20)).tolist()
+        user = UserInput(history=hist, age=int(rng.integers(0, 80)), region=regions[j % len(regions)],
+                         time_ms=1_700_000_000_000 + j * 3_600_000)
+        reqs.append(Request(user, num=args.num, exclude=rng.integers(0, bundle.n_items, 50), user_id=f"u{j}"))
+    for req in reqs[:50]:
+        r.retrieve([req])
+    _, total = timed(lambda req: r.retrieve([req]), reqs)
+    users = [req.user for req in reqs]
+    _, tower = timed(lambda u: r.embed_users([u]), users)
+    vecs = r.embed_users(users)
+    _, search = timed(lambda v: r.sources["two_tower"].search(v, args.num), vecs)
+    batch = 32
+    t0 = time.perf_counter()
+    for s in range(0, len(reqs), batch):
+        r.retrieve(reqs[s : s + batch])
+    per_user_batched = (time.perf_counter() - t0) / len(reqs)
+    print(f"\nRetrieve in process, {bundle.n_items} items, num={args.num}, 50 excluded, 1 in 5 users cold, "
+          f"{len(reqs)} requests, one thread:")
+    print(f"  total (tower + 6 sources + merge + scores)  p50 {us(total, 50):8.1f} us  p99 {us(total, 99):8.1f} us")
+    print(f"  of which user tower alone                   p50 {us(tower, 50):8.1f} us  p99 {us(tower, 99):8.1f} us")
+    print(f"  of which ANN search (count={args.num})          p50 {us(search, 50):8.1f} us  p99 {us(search, 99):8.1f} us")
+    print(f"  batched {batch} users per call: {per_user_batched * 1e6:.1f} us per user "
+          f"({us(total, 50) / (per_user_batched * 1e6):.2f}x the single-call p50)")
+
+
+def bench_grpc(args, bundle) -> None:
+    """Retrieve over gRPC on loopback vs a bare echo RPC answering with a payload of the
+    same size, same server settings, same closed-loop client concurrency."""
+    import threading
+
+    import grpc
+
+    from candidate_svc.server import create_server
+    from recsys.config import CandidateConfig
+    from recsys.v1 import candidate_pb2, candidate_pb2_grpc
+
+    served, _ = create_server(CandidateConfig(port=0, workers=args.concurrency * 2), bundle)
+    served.server.start()
+    req = candidate_pb2.RetrieveRequest(user_id="u1", history_item_ids=bundle.item_ids[:10], num_candidates=args.num,
+                                        request_time_ms=1_700_000_000_000)
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as ch:
+        size = candidate_pb2_grpc.CandidateServiceStub(ch).Retrieve(req).ByteSize()
+    payload = b"x" * size
+    echo = grpc.server(__import__("concurrent.futures").futures.ThreadPoolExecutor(args.concurrency * 2))
+    echo.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda r, c: payload),
+    })])
+    echo_port = echo.add_insecure_port("127.0.0.1:0")
+    echo.start()
+
+    def rps(call) -> float:
+        stop = time.perf_counter() + args.grpc_seconds
+        counts = [0] * args.concurrency
+
+        def loop(j: int) -> None:
+            while time.perf_counter() < stop:
+                call()
+                counts[j] += 1
+
+        threads = [threading.Thread(target=loop, args=(j,)) for j in range(args.concurrency)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return sum(counts) / (time.perf_counter() - t0)
+
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}") as c1, grpc.insecure_channel(f"127.0.0.1:{echo_port}") as c2:
+        retrieve = candidate_pb2_grpc.CandidateServiceStub(c1).Retrieve
+        echo_call = c2.unary_unary("/bench.Echo/Echo", request_serializer=None, response_deserializer=None)
+        raw = req.SerializeToString()
+        rps(lambda: echo_call(raw))  # warm both
+        echo_rps = rps(lambda: echo_call(raw))
+        retrieve_rps = rps(lambda: retrieve(req))
+    echo.stop(0)
+    served.stop(0)
+    print(f"\ngRPC loopback, {args.concurrency} client threads in this process, {args.grpc_seconds:.0f} s each, "
+          f"response {size} bytes:")
+    print(f"  echo RPC (same payload)  {echo_rps:8.0f} req/s   <- baseline")
+    print(f"  Retrieve                 {retrieve_rps:8.0f} req/s   ({retrieve_rps / echo_rps:.2f}x echo)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--queries", type=int, default=1000, help="recall and ANN latency queries")
+    ap.add_argument("--exact-queries", type=int, default=100, help="single exact NumPy queries timed")
+    ap.add_argument("--connectivity", type=int, default=16)
+    ap.add_argument("--expansion-add", type=int, default=128)
+    ap.add_argument("--expansion-search", type=int, default=64)
+    ap.add_argument("--ef", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16", "i8"])
+    ap.add_argument("--target-recall", type=float, default=0.95)
+    ap.add_argument("--bundle", help="a trained bundle whose user tower to use (else train a small one)")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--num", type=int, default=300, help="candidates per Retrieve")
+    ap.add_argument("--skip-retrieve", action="store_true")
+    ap.add_argument("--concurrency", type=int, default=4, help="gRPC client threads")
+    ap.add_argument("--grpc-seconds", type=float, default=5.0)
+    args = ap.parse_args()
+
+    k = 10
+    print(f"{args.items} clustered {args.dim}-d items ({args.clusters} clusters), {args.queries} queries")
+    items = clustered(args.items, args.dim, args.clusters, seed=0)
+    queries = _queries_like(args, seed=1)
+    t0 = time.perf_counter()
+    truth = exact_topk(items, queries, k)
+    print(f"ground truth (exact, batched): {time.perf_counter() - t0:.1f} s")
+    out = bench_ann(args, items, queries, truth, k)
+    if not args.skip_retrieve:
+        bundle = scaled_bundle(args, items, out["path"])
+        bench_retrieve(args, bundle)
+        bench_grpc(args, bundle)
+
+
+def _queries_like(args, seed: int) -> np.ndarray:
+    """Queries from the same cluster centres as the items (same centre seed), new spread."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(args.clusters, args.dim)).astype(np.float32)
+    q_rng = np.random.default_rng(seed + 1000)
+    x = centres[q_rng.integers(0, args.clusters, args.queries)] + 0.35 * q_rng.normal(size=(args.queries, args.dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Item-to-item: the precomputed nearest items (item-tower cosine) of the user's recent
+history items, interleaved round-robin so the most recent items lead but every recent item
+contributes. An item reached from several history items keeps its best cosine."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from candidate_svc.sources import ITEM_TO_ITEM, Context, Proposal
+
+RECENT = 10  # history items whose neighbours are read
+
+
+class ItemToItemSource:
+    name = ITEM_TO_ITEM
+
+    def __init__(self, neighbours: np.ndarray, neighbour_scores: np.ndarray, recent: int = RECENT) -> None:
+        self.neighbours = np.asarray(neighbours, dtype=np.int64)  # [n_items, N], -1 = none
+        self.scores = np.asarray(neighbour_scores, dtype=np.float32)
+        self.recent = recent
+
+    def propose(self, ctx: Context, n: int, excluded: np.ndarray) -> Proposal:
+        n_items = len(self.neighbours)
+        seeds = [int(i) for i in ctx.history[: self.recent] if 0 <= i < n_items]
+        if n <= 0 or not seeds:
+            return Proposal.empty()
+        # column-major over [seeds, N]: first neighbours of every seed, then second, ...
+        near = self.neighbours[seeds].T.reshape(-1)
+        sims = self.scores[seeds].T.reshape(-1)
+        ok = near >= 0
+        near, sims = near[ok], sims[ok]
+        ok = ~excluded[near] & ~np.isin(near, seeds)
+        near, sims = near[ok], sims[ok]
+        best: dict[int, float] = {}
+        for item, sim in zip(near.tolist(), sims.tolist()):
+            if item not in best:
+                if len(best) == n:
+                    continue
+                best[item] = sim
+            elif sim > best[item]:
+                best[item] = sim
+        items = np.fromiter(best, dtype=np.int64, count=len(best))
+        return Proposal(items, np.fromiter(best.values(), dtype=np.float32, count=len(best)))

@@ -1,0 +1,236 @@
+"""Every candidate source passes one contract on data whose answer is known by
+construction; the merge honours quotas, never duplicates or returns excluded ids, and
+always returns the requested count when the catalogue has that many eligible items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from usearch.index import Index
+
+from candidate_svc.merge import merge, quotas_from_fractions
+from candidate_svc.sources import (
+    FRESH,
+    ITEM_TO_ITEM,
+    POPULAR,
+    REGIONAL,
+    SOURCE_ORDER,
+    TRENDING,
+    TWO_TOWER,
+    Context,
+    Proposal,
+)
+from candidate_svc.sources.fresh import FreshSource
+from candidate_svc.sources.item_to_item import ItemToItemSource
+from candidate_svc.sources.ranked import RegionalSource, popular, trending
+from candidate_svc.sources.two_tower import TwoTowerSource
+
+N_ITEMS = 40
+DIM = 8
+NOW_S = 1_700_000_000
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _two_tower():
+    rng = np.random.default_rng(3)
+    emb = _unit(rng.normal(size=(N_ITEMS, DIM)))
+    user = _unit(rng.normal(size=DIM))
+    index = Index(ndim=DIM, metric="cos", dtype="f32", connectivity=16, expansion_add=128, expansion_search=128)
+    index.add(np.arange(N_ITEMS, dtype=np.uint64), emb)
+    expected = np.argsort(-(emb @ user), kind="stable")  # exact cosine order
+    return TwoTowerSource(index), Context(user_embedding=user), expected.tolist()
+
+
+def _popular():
+    counts = np.zeros(N_ITEMS, np.float32)
+    counts[:30] = np.arange(30, 0, -1)  # item 0 most popular; items 30.. never liked
+    return popular(counts), Context(np.zeros(DIM, np.float32)), list(range(30))
+
+
+def _trending():
+    decayed = np.zeros(N_ITEMS, np.float32)
+    order = [7, 3, 39, 12, 0, 25]
+    decayed[order] = [6.0, 5.5, 4.0, 2.25, 1.0, 0.5]
+    return trending(decayed), Context(np.zeros(DIM, np.float32)), order
+
+
+def _regional():
+    counts = np.zeros((3, N_ITEMS), np.float32)  # row 0 = unknown region, 1 and 2 regions
+    counts[1, :10] = 1.0
+    order = [30, 2, 17, 5, 9, 11, 21]
+    counts[2, order] = np.arange(len(order), 0, -1)
+    return RegionalSource(counts), Context(np.zeros(DIM, np.float32), region=2), order
+
+
+def _item_to_item():
+    # item h's neighbours are h+1, h+2, ..., h+5 (mod N), cosines 0.9, 0.8, ...
+    neighbours = np.array([[(h + j) % N_ITEMS for j in range(1, 6)] for h in range(N_ITEMS)], np.int64)
+    sims = np.tile(np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32), (N_ITEMS, 1))
+    history = np.array([5, 20], np.int64)  # most recent first
+    # round-robin: first neighbours of 5 and 20, then second ones, ...; history left out
+    expected = [6, 21, 7, 22, 8, 23, 9, 24, 10, 25]
+    return ItemToItemSource(neighbours, sims), Context(np.zeros(DIM, np.float32), history=history), expected
+
+
+def _fresh():
+    created = np.full(N_ITEMS, NOW_S - 400 * 86_400, np.int64)  # old items: not eligible
+    created[30:] = NOW_S - np.arange(10) * 86_400
+    impressions = np.full(N_ITEMS, 150.0, np.float32)
+    clicks = np.zeros(N_ITEMS, np.float32)
+    clicks[[33, 31, 38, 30, 35]] = [150, 110, 70, 30, 0]  # posterior means 6 sd apart
+    impressions[[32, 34, 36, 37, 39]] = 10_000  # new but already well explored: not eligible
+    source = FreshSource(created, clicks, impressions)
+    return source, Context(np.zeros(DIM, np.float32), seed=12345), [33, 31, 38, 30, 35]
+
+
+CASES = {
+    TWO_TOWER: _two_tower,
+    POPULAR: _popular,
+    TRENDING: _trending,
+    REGIONAL: _regional,
+    ITEM_TO_ITEM: _item_to_item,
+    FRESH: _fresh,
+}
+
+
+def _none() -> np.ndarray:
+    return np.zeros(N_ITEMS, dtype=np.bool_)
+
+
+@pytest.fixture(params=sorted(CASES), ids=sorted(CASES))
+def case(request):
+    source, ctx, expected = CASES[request.param]()
+    return request.param, source, ctx, expected
+
+
+class TestSourceContract:
+    """What every source promises (candidate_svc.sources.Source)."""
+
+    def test_name_and_types(self, case):
+        name, source, ctx, _ = case
+        p = source.propose(ctx, 5, _none())
+        assert source.name == name
+        assert p.items.dtype == np.int64 and p.scores.dtype == np.float32
+        assert p.items.shape == p.scores.shape
+
+    def test_known_answer(self, case):
+        _, source, ctx, expected = case
+        for n in (1, 3, len(expected)):
+            got = source.propose(ctx, n, _none()).items.tolist()
+            assert got == expected[:n], f"top {n}: got {got}, expected {expected[:n]}"
+
+    def test_never_more_than_asked_and_distinct(self, case):
+        _, source, ctx, expected = case
+        for n in (0, 1, 4, N_ITEMS, 5 * N_ITEMS):
+            items = source.propose(ctx, n, _none()).items
+            assert len(items) <= n and len(set(items.tolist())) == len(items)
+            assert np.all((items >= 0) & (items < N_ITEMS))
+        assert len(source.propose(ctx, 5 * N_ITEMS, _none())) == len(expected), "all eligible items"
+
+    def test_excluded_never_proposed_and_the_rest_moves_up(self, case):
+        _, source, ctx, expected = case
+        excluded = _none()
+        excluded[expected[::2]] = True  # every other item of the known answer
+        allowed = [i for i in expected if not excluded[i]]
+        got = source.propose(ctx, len(allowed), excluded).items.tolist()
+        assert got == allowed, f"got {got}, expected {allowed}"
+
+    def test_everything_excluded_gives_nothing(self, case):
+        _, source, ctx, _ = case
+        assert len(source.propose(ctx, 10, np.ones(N_ITEMS, np.bool_))) == 0
+
+    def test_deterministic(self, case):
+        _, source, ctx, _ = case
+        a, b = source.propose(ctx, 10, _none()), source.propose(ctx, 10, _none())
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_two_tower_over_fetch_when_nearest_items_are_excluded():
+    """The nearest 35 of 40 excluded: adaptive over-fetch still finds the other 5."""
+    source, ctx, expected = _two_tower()
+    excluded = _none()
+    excluded[expected[:35]] = True
+    assert source.propose(ctx, 5, excluded).items.tolist() == expected[35:]
+
+
+def test_fresh_draws_depend_on_the_seed_only():
+    source, ctx, _ = _fresh()
+    flat = FreshSource(np.full(8, NOW_S), np.full(8, 5.0), np.full(8, 10.0))  # equal posteriors
+    a = flat.propose(Context(ctx.user_embedding, seed=1), 8, np.zeros(8, np.bool_)).items.tolist()
+    b = flat.propose(Context(ctx.user_embedding, seed=2), 8, np.zeros(8, np.bool_)).items.tolist()
+    assert sorted(a) == sorted(b) == list(range(8)) and a != b, "equal posteriors: order follows the seed"
+
+
+def test_unknown_region_proposes_nothing():
+    source, ctx, _ = _regional()
+    assert len(source.propose(Context(ctx.user_embedding, region=0), 5, _none())) == 0
+
+
+# ----------------------------------------------------------------------------- merge
+
+FALLBACK = (POPULAR, np.arange(N_ITEMS, dtype=np.int64), np.zeros(N_ITEMS, np.float32))
+
+
+def _proposal(items) -> Proposal:
+    items = np.asarray(items, np.int64)
+    return Proposal(items, np.linspace(1.0, 0.5, len(items)).astype(np.float32))
+
+
+def test_merge_honours_quotas_and_keeps_provenance():
+    proposals = {
+        TWO_TOWER: _proposal(range(0, 20)),
+        ITEM_TO_ITEM: _proposal([0, 1, 20, 21, 22, 23]),  # 0 and 1 already chosen by two_tower
+        POPULAR: _proposal([30, 31, 32, 2]),
+    }
+    quotas = {TWO_TOWER: 5, ITEM_TO_ITEM: 3, POPULAR: 2}
+    m = merge(proposals, quotas, 10, _none(), FALLBACK)
+    assert m.admitted == quotas, m.admitted
+    assert m.items.tolist() == [0, 1, 2, 3, 4, 20, 21, 22, 30, 31]
+    provenance = dict(zip(m.items.tolist(), m.sources))
+    assert set(provenance[0]) == {TWO_TOWER, ITEM_TO_ITEM}, "every proposing source is kept"
+    assert set(provenance[2]) == {TWO_TOWER, POPULAR}, "provenance from beyond a source's quota"
+    assert provenance[20] == {ITEM_TO_ITEM: pytest.approx(0.8)}
+
+
+def test_merge_fills_a_shortfall_in_priority_order_then_from_the_fallback():
+    proposals = {TWO_TOWER: _proposal([0, 1, 2]), ITEM_TO_ITEM: _proposal([]), FRESH: _proposal([39])}
+    quotas = {TWO_TOWER: 2, ITEM_TO_ITEM: 5, FRESH: 1}
+    excluded = _none()
+    excluded[[3, 4]] = True
+    m = merge(proposals, quotas, 8, excluded, FALLBACK)
+    assert m.items.tolist() == [0, 1, 39, 2, 5, 6, 7, 8]
+    assert m.admitted == {TWO_TOWER: 3, ITEM_TO_ITEM: 0, FRESH: 1, POPULAR: 4}
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_merge_invariants_on_random_inputs(seed):
+    """Any proposals (overlapping, containing excluded ids) and any quotas: distinct ids,
+    none excluded, exactly num when the catalogue has num eligible items, and no source
+    admitted beyond its quota unless others fell short."""
+    rng = np.random.default_rng(seed)
+    excluded = rng.random(N_ITEMS) < rng.uniform(0, 0.6)
+    eligible = int((~excluded).sum())
+    num = int(rng.integers(1, N_ITEMS + 1))
+    names = [s for s in SOURCE_ORDER if rng.random() < 0.7] or [TWO_TOWER]
+    proposals = {}
+    for name in names:
+        pool = np.flatnonzero(~excluded)
+        take = rng.permutation(pool)[: rng.integers(0, len(pool) + 1)]
+        proposals[name] = _proposal(take)
+    quotas = quotas_from_fractions(num, {n: rng.uniform(0, 0.3) for n in names})
+    m = merge(proposals, quotas, num, excluded, FALLBACK)
+    items = m.items.tolist()
+    assert len(items) == len(set(items)), "duplicates"
+    assert not excluded[m.items].any(), "an excluded id was returned"
+    assert len(items) == min(num, eligible), f"{len(items)} items, expected {min(num, eligible)}"
+    over = [n for n in names if m.admitted[n] > quotas.get(n, 0)]
+    under = [n for n in quotas if m.admitted.get(n, 0) < quotas[n]]  # incl. quotas of absent sources
+    assert not over or under, f"{over} admitted beyond quota while no source fell short"
+    for item, prov in zip(items, m.sources):
+        assert prov, "every candidate has a provenance"
+        for name in prov:
+            assert name == FALLBACK[0] or item in proposals[name].items.tolist(), (item, name)
