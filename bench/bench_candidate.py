@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 
 import numpy as np  # noqa: E402
+import onnxruntime  # noqa: E402, F401  (before faiss: imported after it, onnxruntime segfaults)
 from usearch.compiled import ScalarKind  # noqa: E402
 from usearch.index import Index  # noqa: E402
 
@@ -231,14 +232,22 @@ def _neighbours_from_clusters(items: np.ndarray, rng) -> tuple[np.ndarray, np.nd
 
 
 def _train_small(dim: int) -> Path:
-    from training.pipeline import TrainConfig, train
-    from training.synthetic import generate
-    from training.two_tower import TwoTowerParams
+    """Train in a child process: torch's OpenMP runtime and faiss's, loaded in one process,
+    segfault in libstdc++ on this machine."""
+    import subprocess
 
     root = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    cfg = TrainConfig(two_tower=dataclasses.replace(TwoTowerParams(), dim=dim, epochs=2), history_length=20)
+    code = (
+        "import dataclasses, sys\n"
+        "from training.pipeline import TrainConfig, train\n"
+        "from training.synthetic import generate\n"
+        "from training.two_tower import TwoTowerParams\n"
+        f"cfg = TrainConfig(two_tower=dataclasses.replace(TwoTowerParams(), dim={dim}, epochs=2), history_length=20)\n"
+        f"print(train(generate(n_users=400, n_items=500, seed=3), {str(root)!r}, cfg))\n"
+    )
     print(f"training a small bundle for its {dim}-d user tower ...", flush=True)
-    return train(generate(n_users=400, n_items=500, seed=3), root, cfg)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def bench_retrieve(args, bundle) -> None:

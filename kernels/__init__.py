@@ -107,4 +107,4 @@ def warmup() -> None:
     top_k(scores, 2)
     top_k_masked(scores, np.zeros(3, dtype=np.bool_), 2)
     mmr_order(scores, mat, 0.5, 2)
-    near_duplicate_keep(mat, idx, 0.9)
+    near_duplicate_keep(mat, idx, idx, 0.9)

@@ -1,8 +1,10 @@
 """Greedy near-duplicate removal over a ranked list.
 
 Walking the rows in order, row a is kept unless an earlier kept row b has the same title
-key (keys < 0 mean "no title") or cos(V[a], V[b]) > threshold. Cosines with a zero-norm
-row are 0.
+key (keys < 0 mean "no title"), or the same group (e.g. creator; groups < 0 mean "none")
+and cos(V[a], V[b]) > threshold. Content is compared only within a group because coarse
+content (a genre set) is shared by many distinct items: two dramas are not duplicates, two
+near-identical uploads by one creator are. Cosines with a zero-norm row are 0.
 """
 
 import numpy as np
@@ -10,8 +12,9 @@ from numba import njit
 
 
 @njit(cache=True)
-def near_duplicate_keep(vectors, title_keys, threshold):
-    # keep_a = not any_{b < a, keep_b} (key_a == key_b >= 0  or  cos(v_a, v_b) > threshold)
+def near_duplicate_keep(vectors, title_keys, groups, threshold):
+    # keep_a = not any_{b < a, keep_b} (key_a == key_b >= 0  or
+    #                                   (group_a == group_b >= 0  and  cos(v_a, v_b) > threshold))
     n = vectors.shape[0]
     d = vectors.shape[1]
     V = vectors.astype(np.float64)
@@ -31,7 +34,7 @@ def near_duplicate_keep(vectors, title_keys, threshold):
             if title_keys[a] >= 0 and title_keys[a] == title_keys[b]:
                 duplicate = True
                 break
-            if norms[a] == 0.0 or norms[b] == 0.0:
+            if groups[a] < 0 or groups[a] != groups[b] or norms[a] == 0.0 or norms[b] == 0.0:
                 continue
             acc = 0.0
             for t in range(d):
@@ -46,7 +49,8 @@ def near_duplicate_keep(vectors, title_keys, threshold):
     return keep
 
 
-def near_duplicate_keep_numpy(vectors: np.ndarray, title_keys: np.ndarray, threshold: float) -> np.ndarray:
+def near_duplicate_keep_numpy(vectors: np.ndarray, title_keys: np.ndarray, groups: np.ndarray,
+                              threshold: float) -> np.ndarray:
     """NumPy twin of `near_duplicate_keep`: the full cosine matrix once, then the same walk."""
     n = vectors.shape[0]
     V = vectors.astype(np.float64)
@@ -54,7 +58,8 @@ def near_duplicate_keep_numpy(vectors: np.ndarray, title_keys: np.ndarray, thres
     zero = (norms[:, None] == 0.0) | (norms[None, :] == 0.0)
     cos = np.where(zero, 0.0, (V @ V.T) / np.where(zero, 1.0, norms[:, None] * norms[None, :]))
     same_title = (title_keys[:, None] == title_keys[None, :]) & (title_keys[:, None] >= 0)
-    duplicate_of = same_title | (cos > threshold)
+    same_group = (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
+    duplicate_of = same_title | (same_group & (cos > threshold))
     keep = np.zeros(n, dtype=np.bool_)
     for a in range(n):
         keep[a] = not np.any(duplicate_of[a, :a] & keep[:a])

@@ -155,10 +155,15 @@ class RuleCatalog:
     popularity: np.ndarray  # float32[n] training positives
     newest_s: int  # the bundle's newest time, Unix seconds
     private: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))  # bool[n]
+    creator_key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1 = none
 
     def __post_init__(self) -> None:
         self.private = np.zeros(len(self.banned), dtype=np.bool_)
         self.private[list(self.private_owner)] = True
+        keys: dict[str, int] = {}
+        self.creator_key = np.array(
+            [keys.setdefault(c, len(keys)) if c else -1 for c in self.creators], dtype=np.int64
+        )
 
     def fresh(self, items: np.ndarray, cfg: RuleConfig) -> np.ndarray:
         """bool per item: created within fresh_days of the newest time, few positives."""
@@ -269,6 +274,7 @@ def near_duplicates(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfi
     keep = kernels.near_duplicate_keep(
         np.ascontiguousarray(cat.content[items], dtype=np.float32),
         np.ascontiguousarray(cat.title_key[items], dtype=np.int64),
+        np.ascontiguousarray(cat.creator_key[items], dtype=np.int64),
         float(cfg.near_duplicate_cosine),
     )
     s.order = np.concatenate([head[keep], s.order[pool:]])

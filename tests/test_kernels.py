@@ -137,7 +137,8 @@ def kernel_cases():
         "top_k": (scores, 37),
         "top_k_masked": (scores, rng.random(500) < 0.3, 37),
         "mmr_order": (rng.random(80).astype(np.float32), s["content"][:80].copy(), 0.6, 30),
-        "near_duplicate_keep": (np.repeat(s["content"][:20], 3, axis=0), rng.integers(-1, 30, 60), 0.9),
+        "near_duplicate_keep": (np.repeat(s["content"][:20], 3, axis=0), rng.integers(-1, 30, 60),
+                                rng.integers(-1, 3, 60), 0.9),
     }
 
 

@@ -121,10 +121,14 @@ def test_near_duplicates_by_title_and_by_content():
     base = catalog()
     content = base.content.copy()
     content[3] = content[2] + 0.01 * rng.standard_normal(D).astype(np.float32)  # cosine ~0.9999 to item 2
-    cat = catalog(title_key=keys, content=content)
+    content[5] = content[4]  # identical content, but a different creator: genre-mates, not copies
+    creators = [f"c{i % 10}" for i in range(N)]
+    creators[3] = creators[2]
+    cat = catalog(title_key=keys, content=content, creators=creators)
     got = run(cat, steps=("near_duplicates",), near_duplicate_cosine=0.98)
     assert 0 in got and 1 not in got, "same title kept twice"
-    assert 2 in got and 3 not in got, "near-identical content kept twice"
+    assert 2 in got and 3 not in got, "near-identical content by one creator kept twice"
+    assert 4 in got and 5 in got, "same content by different creators is not a duplicate"
     assert {1, 3} <= set(run(cat, steps=())), "fails without the rule"
     assert normalise_title("The  Café!") == normalise_title("the cafe")
 
