@@ -136,6 +136,8 @@ def bench_ann(args, items: np.ndarray, queries: np.ndarray, truth: np.ndarray, k
     print(row(f"usearch ef={args.expansion_search} Index.search(threads=1)", recall(found, truth), secs, exact_p50))
 
     for name, build in (("hnswlib", _hnswlib), ("faiss", _faiss)):
+        if name not in args.libs:
+            continue
         try:
             t0 = time.perf_counter()
             r0 = rss_mb()
@@ -361,6 +363,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--num", type=int, default=300, help="candidates per Retrieve")
     ap.add_argument("--skip-retrieve", action="store_true")
+    ap.add_argument("--libs", default="hnswlib,faiss", help="baselines to compare ('' = none)")
     ap.add_argument("--concurrency", type=int, default=4, help="gRPC client threads")
     ap.add_argument("--grpc-seconds", type=float, default=5.0)
     args = ap.parse_args()

@@ -5,7 +5,8 @@
        only gains this source's provenance);
     2. shortfall: when a source proposed fewer than its quota (a cold user has no
        item-to-item, an unknown region no regional), the free slots go to the sources'
-       remaining proposals, again in SOURCE_ORDER;
+       remaining proposals, again in SOURCE_ORDER (two_tower first: it was asked for the
+       other sources' deficit too, see ask_for);
     3. guarantee: if still short, the `fallback` order (the whole catalogue by popularity)
        fills up, so the answer holds exactly `num` items whenever the catalogue has `num`
        items that are not excluded.
@@ -38,13 +39,17 @@ def quotas_from_fractions(num: int, fractions: Mapping[str, float]) -> dict[str,
     return quotas
 
 
-def ask_for(quota: int, num: int, name: str) -> int:
-    """How many items to ask a source for: its quota plus room for every item the sources
-    before it may have chosen already (so overlap never starves a quota); two_tower, which
-    is admitted first, is asked for all `num`, as the first shortfall filler."""
-    if quota <= 0:
+def ask_for(quota: int, num: int, name: str, deficit: int = 0) -> int:
+    """How many items to ask a source for. Cheap sources: their quota plus room for every
+    item the sources before them may have chosen already, so overlap never starves a
+    quota. two_tower (whose search cost grows with the count, and which is asked last):
+    its quota, what the other sources failed to propose (`deficit`), and a tenth of num
+    for overlap; further shortfall is filled from the cheap sources' extra proposals."""
+    if quota <= 0 and not (name == TWO_TOWER and deficit > 0):
         return 0
-    return num if name == TWO_TOWER else quota + num
+    if name == TWO_TOWER:
+        return min(num, quota + deficit + num // 10)
+    return quota + num
 
 
 def merge(
@@ -83,10 +88,11 @@ def merge(
         for item, score in zip(extra.items.tolist(), extra.scores.tolist()):
             chosen[item] = {fb_name: score}
         admitted[fb_name] = admitted.get(fb_name, 0) + len(extra)
-    items = np.fromiter(chosen, dtype=np.int64, count=len(chosen))
     for name in order:  # provenance: every source that proposed a chosen item
         p = proposals[name]
-        hit = np.isin(p.items, items)
-        for item, score in zip(p.items[hit].tolist(), p.scores[hit].tolist()):
-            chosen[item].setdefault(name, score)
+        for item, score in zip(p.items.tolist(), p.scores.tolist()):
+            prov = chosen.get(item)
+            if prov is not None and name not in prov:
+                prov[name] = score
+    items = np.fromiter(chosen, dtype=np.int64, count=len(chosen))
     return Merged(items, [chosen[i] for i in items.tolist()], admitted)

@@ -149,8 +149,12 @@ class Retriever:
         proposals: dict[str, Proposal] = {
             name: self.sources[name].propose(ctx, ask_for(q, num, name), excluded)
             for name, q in quotas.items()
-            if q > 0
+            if q > 0 and name != TWO_TOWER
         }
+        if quotas.get(TWO_TOWER, 0) > 0 or (req.quotas is None and TWO_TOWER in self.sources):
+            deficit = sum(max(0, quotas[n] - len(p)) for n, p in proposals.items())
+            want = ask_for(quotas.get(TWO_TOWER, 0), num, TWO_TOWER, deficit)
+            proposals[TWO_TOWER] = self.sources[TWO_TOWER].propose(ctx, want, excluded)
         merged = merge(proposals, quotas, num, excluded, (POPULAR, self.fallback_order, self.log_popularity))
         items = merged.items
         scores = kernels.gather_dot(user_vec, self.bundle.item_embeddings, items)

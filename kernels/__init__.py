@@ -32,6 +32,8 @@ from .wals import (
     wals_fold_in,
     wals_fold_in_numpy,
     wals_half_step,
+    wals_half_step_cg,
+    wals_half_step_cg_numpy,
     wals_half_step_numpy,
     wals_loss,
     wals_loss_numpy,
@@ -60,6 +62,8 @@ __all__ = [
     "wals_fold_in",
     "wals_fold_in_numpy",
     "wals_half_step",
+    "wals_half_step_cg",
+    "wals_half_step_cg_numpy",
     "wals_half_step_numpy",
     "wals_loss",
     "wals_loss_numpy",
@@ -69,6 +73,7 @@ __all__ = [
 # name -> (numba kernel, numpy twin), for the shared tests and benchmarks
 KERNELS: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
     "wals_half_step": (wals_half_step, wals_half_step_numpy),
+    "wals_half_step_cg": (wals_half_step_cg, wals_half_step_cg_numpy),
     "wals_fold_in": (wals_fold_in, wals_fold_in_numpy),
     "wals_loss": (wals_loss, wals_loss_numpy),
     "gather_dot": (gather_dot, gather_dot_numpy),
@@ -96,6 +101,7 @@ def warmup() -> None:
     indptr = np.array([0, 1, 1, 2], dtype=i64)  # 3 rows, the middle one empty
     confidence = np.ones(2, dtype=f32)
     X = wals_half_step(indptr, idx, confidence, mat, 0.1, 1.0)
+    wals_half_step_cg(indptr, idx, confidence, mat, X, 0.1, 1.0, 3)
     wals_fold_in(idx, confidence, mat, np.eye(2, dtype=f32), 0.1, 1.0)
     wals_loss(indptr, idx, confidence, X, mat, 0.1, 1.0)
     gather_dot(vec, mat, idx)

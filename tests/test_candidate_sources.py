@@ -5,6 +5,7 @@ always returns the requested count when the catalogue has that many eligible ite
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime  # noqa: F401  (before usearch: usearch 2.26 then onnxruntime segfaults)
 import pytest
 from usearch.index import Index
 

@@ -127,6 +127,7 @@ def kernel_cases():
     features = rng.standard_normal((50, 5)).astype(np.float32)
     return {
         "wals_half_step": (indptr, indices, data, Y, 0.1, 0.5),
+        "wals_half_step_cg": (indptr, indices, data, Y, X, 0.1, 0.5, 3),
         "wals_fold_in": (indices[:7].copy(), data[:7].copy(), Y, YtY, 0.1, 0.5),
         "wals_loss": (indptr, indices, data, X, Y, 0.1, 0.5),
         "gather_dot": (s["tt_user"], s["tt_items"], s["idx"]),
@@ -146,7 +147,7 @@ def kernel_cases():
 
 
 def test_registry_pairs_every_kernel_with_its_numpy_twin():
-    assert set(KERNELS) == {"wals_half_step", "wals_fold_in", "wals_loss", "gather_dot",
+    assert set(KERNELS) == {"wals_half_step", "wals_half_step_cg", "wals_fold_in", "wals_loss", "gather_dot",
                             "gather_cosine", "gather_max_cosine", "linear_score",
                             "rank_features", "top_k", "top_k_masked", "mmr_order",
                             "near_duplicate_keep"}
@@ -400,3 +401,31 @@ def test_scoring_propagates_nan(impl):
         np.testing.assert_array_equal(np.isnan(impl(name)(query, M, idx)), want, err_msg=name)
     zero = np.zeros(4, dtype=np.float32)  # a zero side wins over a NaN one: cosine 0
     np.testing.assert_array_equal(impl("gather_cosine")(zero, M, idx), 0.0)
+
+
+def test_cg_half_step_converges_to_the_exact_solve():
+    """With as many CG steps as dimensions, CG is the exact solve (up to rounding); with 3
+    warm-started steps, alternating CG still decreases the loss every iteration."""
+    rng = np.random.default_rng(17)
+    n_users, n_items, d = 60, 40, 6
+    dense = rng.random((n_users, n_items)) < 0.15
+    indptr = np.r_[0, np.cumsum(dense.sum(axis=1))].astype(np.int64)
+    indices = np.nonzero(dense)[1].astype(np.int64)
+    conf = (1 + 5 * rng.random(len(indices))).astype(np.float32)
+    Y = (rng.standard_normal((n_items, d)) * 0.3).astype(np.float32)
+    X0 = np.zeros((n_users, d), dtype=np.float32)
+    exact = KERNELS["wals_half_step"][0](indptr, indices, conf, Y, 0.1, 0.5)
+    cg = KERNELS["wals_half_step_cg"][0](indptr, indices, conf, Y, X0, 0.1, 0.5, 3 * d)
+    np.testing.assert_allclose(cg, exact, rtol=1e-3, atol=1e-4, err_msg="CG with 3d steps must reach the exact solve")
+    # alternate with 3 CG steps, warm-started: the loss falls monotonically
+    users_of = np.repeat(np.arange(n_users), np.diff(indptr))
+    order = np.lexsort((users_of, indices))
+    iptr = np.r_[0, np.cumsum(np.bincount(indices, minlength=n_items))].astype(np.int64)
+    iidx, iconf = users_of[order].astype(np.int64), conf[order]
+    X = X0
+    losses = []
+    for _ in range(8):
+        X = KERNELS["wals_half_step_cg"][0](indptr, indices, conf, Y, X, 0.1, 0.5, 3)
+        Y = KERNELS["wals_half_step_cg"][0](iptr, iidx, iconf, X, Y, 0.1, 0.5, 3)
+        losses.append(KERNELS["wals_loss"][0](indptr, indices, conf, X, Y, 0.1, 0.5))
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(losses, losses[1:])), f"CG ALS loss rose: {losses}"

@@ -52,6 +52,8 @@ class MFParams:
     alpha: float = 10.0  # observed confidence c = 1 + alpha
     w0: float = 1.0  # weight of every unobserved entry
     iterations: int = 12
+    solver: str = "cg"  # "cg": warm-started conjugate gradient; "exact": Cholesky per row
+    cg_steps: int = 3
     seed: int = 0
 
 
@@ -190,9 +192,15 @@ def train_wals(pos: list[np.ndarray], n_items: int, p: MFParams) -> tuple[np.nda
     y = (rng.standard_normal((n_items, p.factors)) * 0.01).astype(np.float32)
     x = np.zeros((len(pos), p.factors), dtype=np.float32)
     losses = []
+    if p.solver not in ("cg", "exact"):
+        raise ValueError(f"mf.solver: {p.solver!r} is not 'cg' or 'exact'")
     for _ in range(p.iterations):
-        x = kernels.wals_half_step(uptr, uidx, conf_u, y, p.reg, p.w0)
-        y = kernels.wals_half_step(iptr, iidx, conf_i, x, p.reg, p.w0)
+        if p.solver == "cg":
+            x = kernels.wals_half_step_cg(uptr, uidx, conf_u, y, x, p.reg, p.w0, p.cg_steps)
+            y = kernels.wals_half_step_cg(iptr, iidx, conf_i, x, y, p.reg, p.w0, p.cg_steps)
+        else:
+            x = kernels.wals_half_step(uptr, uidx, conf_u, y, p.reg, p.w0)
+            y = kernels.wals_half_step(iptr, iidx, conf_i, x, p.reg, p.w0)
         losses.append(float(kernels.wals_loss(uptr, uidx, conf_u, x, y, p.reg, p.w0)))
     return x, y, losses
 
