@@ -64,12 +64,13 @@ def merge(
     chosen: dict[int, dict[str, float]] = {}
     admitted = dict.fromkeys(order, 0)
     cursor = dict.fromkeys(order, 0)
+    ids = {name: proposals[name].items.tolist() for name in order}  # Python ints: fast dict keys
 
     def admit(name: str, limit: int) -> None:
-        items = proposals[name].items
+        items = ids[name]
         i = cursor[name]
         while i < len(items) and admitted[name] < limit and len(chosen) < num:
-            item = int(items[i])
+            item = items[i]
             i += 1
             if item not in chosen:
                 chosen[item] = {}
@@ -89,8 +90,7 @@ def merge(
             chosen[item] = {fb_name: score}
         admitted[fb_name] = admitted.get(fb_name, 0) + len(extra)
     for name in order:  # provenance: every source that proposed a chosen item
-        p = proposals[name]
-        for item, score in zip(p.items.tolist(), p.scores.tolist()):
+        for item, score in zip(ids[name], proposals[name].scores.tolist()):
             prov = chosen.get(item)
             if prov is not None and name not in prov:
                 prov[name] = score

@@ -131,9 +131,10 @@ class Retriever:
 
     def _one(self, req: Request, user: UserInput, user_vec: np.ndarray) -> Candidates:
         n_items = self.bundle.n_items
-        excluded = np.zeros(n_items, dtype=np.bool_)
-        excluded[req.exclude[(req.exclude >= 0) & (req.exclude < n_items)]] = True
-        num = max(0, min(req.num, n_items - int(excluded.sum())))
+        exclude = np.unique(req.exclude[(req.exclude >= 0) & (req.exclude < n_items)])
+        excluded = np.zeros(n_items, dtype=np.bool_)  # calloc'd: only the set pages are touched
+        excluded[exclude] = True
+        num = max(0, min(req.num, n_items - len(exclude)))
         if req.quotas is None:
             quotas = quotas_from_fractions(num, {k: f for k, f in self.fractions.items() if k in self.sources})
         else:
@@ -145,6 +146,7 @@ class Retriever:
             region=self.bundle.spec.user_categories(user)[_REGION],
             time_ms=user.time_ms,
             seed=zlib.crc32(f"{req.user_id}|{user.time_ms}".encode()),
+            n_excluded=len(exclude),
         )
         proposals: dict[str, Proposal] = {
             name: self.sources[name].propose(ctx, ask_for(q, num, name), excluded)

@@ -344,6 +344,7 @@ def fit_ranker(
     negatives: int,
     pool_size: int,
     seed: int,
+    listwise: bool = True,
 ):
     """Positives vs negatives, both from the candidate pool the funnel would rank
     (two-tower top `pool_size - popular` plus popular top `popular`, minus what the user
@@ -362,7 +363,7 @@ def fit_ranker(
     n_popular = pool_size // 5
     n_ann = min(pool_size - n_popular, len(static) - 1)
     popular = np.argsort(-static[:, 0], kind="stable")[:n_popular]
-    feats, labels, lengths = [], [], []
+    feats, labels, lengths, groups = [], [], [], []
     for j, ex in enumerate(examples):
         scores = item_emb @ tt_users[j]
         pool = np.union1d(np.argpartition(-scores, n_ann)[:n_ann], popular)
@@ -384,9 +385,11 @@ def fit_ranker(
         feats.append(build_features(state, item_emb, mf_items, content, static, cands))
         labels.append(np.r_[1.0, np.zeros(len(neg))])
         lengths.append(np.full(len(cands), len(ex.history), dtype=np.int64))
+        groups.append(np.full(len(cands), j, dtype=np.int64))
     if not feats:
         return None
-    return fit_segmented(np.vstack(feats), np.concatenate(labels), np.concatenate(lengths), list(FEATURE_NAMES))
+    return fit_segmented(np.vstack(feats), np.concatenate(labels), np.concatenate(lengths), list(FEATURE_NAMES),
+                         np.concatenate(groups) if listwise else None)
 
 
 def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) -> Path:

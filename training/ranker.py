@@ -42,10 +42,21 @@ class LinearRanker:
 
 
 def fit_segmented(
-    features: np.ndarray, labels: np.ndarray, n_history: np.ndarray, names: list[str]
+    features: np.ndarray,
+    labels: np.ndarray,
+    n_history: np.ndarray,
+    names: list[str],
+    groups: np.ndarray | None = None,
 ) -> LinearRanker:
-    """A pooled model plus one per history-length segment (SEGMENTS)."""
-    pooled = fit_logistic(features, labels, names)
+    """A pooled model plus one per history-length segment (SEGMENTS). With `groups` (one
+    id per request: its positive and its candidate pool) the loss is listwise softmax,
+    else pointwise logistic."""
+    def fit(rows: np.ndarray | slice) -> LinearRanker:
+        if groups is None:
+            return fit_logistic(features[rows], labels[rows], names)
+        return fit_listwise(features[rows], labels[rows], groups[rows], names)
+
+    pooled = fit(slice(None))
     segments: list[dict[str, object]] = []
     low = 0
     for name, bound in SEGMENTS:
@@ -53,7 +64,7 @@ def fit_segmented(
         low = (bound if bound is not None else 0) + 1
         model = pooled
         if labels[rows].sum() >= MIN_SEGMENT_POSITIVES and (labels[rows] < 0.5).any():
-            model = fit_logistic(features[rows], labels[rows], names)
+            model = fit(rows)
         segments.append({
             "name": name,
             "max_history": bound,
@@ -63,6 +74,71 @@ def fit_segmented(
         })
     pooled.segments = segments
     return pooled
+
+
+def fit_listwise(
+    features: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: list[str],
+    l2: float = 1e-3, steps: int = 30,
+) -> LinearRanker:
+    """Softmax over each request's pool (a conditional logit): maximise
+    sum_g [s_pos(g) - log sum_{j in g} exp(s_j)], s = x.w, by Newton's method. It optimises
+    where the positive lands among the candidates actually ranked together, which is what
+    top-k metrics measure; a pointwise loss spends its capacity on easy negatives. The bias
+    cancels inside a request, so it is 0."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    _, g = np.unique(groups, return_inverse=True)
+    n_groups = int(g.max()) + 1 if len(g) else 0
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std < 1e-12] = 1.0
+    z = (x - mean) / std
+    f = z.shape[1]
+    reg = l2 * n_groups
+
+    def softmax_stats(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = z @ w
+        s_max = np.full(n_groups, -np.inf)
+        np.maximum.at(s_max, g, s)
+        e = np.exp(s - s_max[g])
+        total = np.bincount(g, weights=e, minlength=n_groups)
+        loss = float(np.sum(np.log(total) + s_max) - np.sum(y * s) + 0.5 * reg * w @ w)
+        return loss, e / total[g]  # -log-likelihood + L2, softmax within each group
+
+    w = np.zeros(f)
+    loss, p = softmax_stats(w)
+    for _ in range(steps):
+        mu = np.zeros((n_groups, f))
+        np.add.at(mu, g, p[:, None] * z)  # E_p[z] per group
+        grad = mu.sum(axis=0) - (y[:, None] * z).sum(axis=0) + reg * w
+        hess = (z * p[:, None]).T @ z - mu.T @ mu + reg * np.eye(f) + 1e-9 * np.eye(f)
+        step = np.linalg.solve(hess, grad)
+        t = 1.0  # backtracking: Newton overshoots when a feature nearly separates the data
+        while True:
+            new_loss, new_p = softmax_stats(w - t * step)
+            if new_loss <= loss - 1e-4 * t * (grad @ step) or t < 1e-6:
+                break
+            t *= 0.5
+        w, loss, p = w - t * step, new_loss, new_p
+        if np.abs(t * step).max() < 1e-8:
+            break
+    weights = w / std
+    scores = x @ weights
+    # rank of the positive within its group (1 = first), for the manifest
+    pos_score = np.zeros(n_groups)
+    np.add.at(pos_score, g, np.where(y > 0.5, scores, 0.0))
+    above = np.bincount(g, weights=(scores > pos_score[g]).astype(np.float64), minlength=n_groups)
+    return LinearRanker(
+        feature_names=list(names),
+        weights=weights.astype(np.float32),
+        bias=0.0,
+        metrics={
+            "auc": auc(scores, y),
+            "mrr": float(np.mean(1.0 / (1.0 + above))),
+            "hit@10": float(np.mean(above < 10)),
+            "rows": float(len(y)),
+            "positives": float(y.sum()),
+        },
+    )
 
 
 def fit_logistic(

@@ -40,6 +40,7 @@ class Context:
     region: int = 0  # index into the bundle's region vocabulary + 1; 0 = unknown
     time_ms: int = 0  # request time, resolved ("now" already substituted)
     seed: int = 0  # per-request seed for sources that sample (from user id + time)
+    n_excluded: int | None = None  # how many items `excluded` marks, when the caller knows
 
 
 @dataclass

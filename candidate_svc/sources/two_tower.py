@@ -41,7 +41,7 @@ class TwoTowerSource:
     def propose(self, ctx: Context, n: int, excluded: np.ndarray) -> Proposal:
         if n <= 0 or self.size == 0:
             return Proposal.empty()
-        n_excluded = int(np.count_nonzero(excluded))
+        n_excluded = int(np.count_nonzero(excluded)) if ctx.n_excluded is None else ctx.n_excluded
         count = min(self.size, n + min(n_excluded, 4 * n))
         while True:
             keys, sims = self.search(ctx.user_embedding, count)
