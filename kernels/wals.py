@@ -278,7 +278,7 @@ def wals_half_step_cg_numpy(indptr: np.ndarray, indices: np.ndarray, confidence:
         Yu = Y64[rows]
         c = confidence[indptr[u]:indptr[u + 1]].astype(np.float64)
 
-        def apply(v: np.ndarray) -> np.ndarray:
+        def apply(v: np.ndarray, Yu: np.ndarray = Yu, c: np.ndarray = c) -> np.ndarray:
             return base @ v + Yu.T @ ((c - w0) * (Yu @ v))
 
         x = X0[u].astype(np.float64)
