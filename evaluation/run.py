@@ -10,7 +10,8 @@ Rows of the table:
   popularity   most positive train interactions
   ease         EASE, closed form (lambda tuned on nothing: 500, Steck's ML default range)
   wals         our WALS factors from the bundle (dot product over all items)
-  two_tower    the candidate tier alone (ANN top k after exclusions)
+  two_tower, item_to_item, regional, trending, fresh
+               each candidate source alone (its own top k after exclusions)
   funnel       candidates -> ranker -> rules, as served
 Plus the same rows on the cold-start slice (each test user cut to their first 3 train
 positives, served as an unknown user whose 3 events are in the event store).
@@ -95,19 +96,22 @@ def _funnel_recs(ranker: Ranker, users: Sequence[str], times: dict[str, int], k:
     }
 
 
-def _two_tower_recs(ranker: Ranker, source: InProcessCandidateSource, users: Sequence[str],
-                    times: dict[str, int], k: int, demo: dict[str, Demographics]) -> dict[str, list[str]]:
+def _source_recs(ranker: Ranker, retriever: Retriever, users: Sequence[str], times: dict[str, int], k: int,
+                 demo: dict[str, Demographics], name: str = "two_tower") -> dict[str, list[str]]:
+    """One candidate source alone: the request asks only it for k items (a quota of k), and
+    its own proposals are kept in its own score order (the merge's popularity top-up is
+    dropped)."""
     out = {}
     b = ranker.bundle
     for u in users:
         h = ranker.history(u, demo.get(u, Demographics()))
-        got = source.fetch(
-            u, [b.item_ids[i] for i in h.positives[: b.spec.history_length]], h.demographics,
-            times[u], max(k, 1), [b.item_ids[i] for i in sorted(h.seen)], 1.0,
-        )
-        # the ANN source alone: its candidates in two-tower order
-        ann = [i for i, s in zip(got.item_ids, got.sources) if "two_tower" in s]
-        out[u] = ann[:k]
+        d = h.demographics
+        user = UserInput(h.positives[: b.spec.history_length], d.age, d.gender, d.occupation, d.region, times[u])
+        exclude = np.fromiter(h.seen, dtype=np.int64, count=len(h.seen))
+        (c,) = retriever.retrieve([Request(user, max(k, 1), exclude, user_id=u, quotas={name: max(k, 1)})])
+        own = [(s[name], int(i)) for i, s in zip(c.items.tolist(), c.sources) if name in s]
+        own.sort(key=lambda t: -t[0])
+        out[u] = [b.item_ids[i] for _, i in own[:k]]
     return out
 
 
@@ -169,7 +173,8 @@ def run_eval(
         rows.append(("implicit_als", table_row(recommend_ids(model, matrix, users, kmax), test)))
     rows += [
         ("wals", table_row(timed("wals", lambda: _factor_recs(bundle, users, kmax)), test)),
-        ("two_tower", table_row(timed("two_tower", lambda: _two_tower_recs(ranker, source, users, times, kmax, demo)), test)),
+        *[(name, table_row(timed(name, lambda name=name: _source_recs(ranker, retriever, users, times, kmax, demo, name)), test))
+          for name in retriever.sources if name != "popular"],
         (SERVED, table_row(timed(SERVED, lambda: _funnel_recs(ranker, users, times, kmax, demo)), test)),
     ]
     # The ranker's gain over its best single feature: the same funnel ranked by one feature.
@@ -297,7 +302,7 @@ def _new_user_rows(ds, users, times, bundle, source, matrix, kmax, test, table_r
         new_test[new_id] = test[u]
         new_times[new_id] = times[u]
     recs = _funnel_recs(ranker, list(new_test), new_times, kmax, demo)
-    two_tower = _two_tower_recs(ranker, source, list(new_test), new_times, kmax, demo)
+    two_tower = _source_recs(ranker, source.retriever, list(new_test), new_times, kmax, demo)
     order = np.argsort(-matrix.item_counts(), kind="stable")[:kmax]  # no history: popularity
     pop_list = [matrix.item_ids[c] for c in order]
     return [
@@ -326,7 +331,7 @@ def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kma
     cold_times = {f"cold::{u}": times[u] for u in cold_users}
     ids = list(test)
     funnel = _funnel_recs(ranker, ids, cold_times, kmax, {})
-    two_tower = _two_tower_recs(ranker, source, ids, cold_times, kmax, {})
+    two_tower = _source_recs(ranker, source.retriever, ids, cold_times, kmax, {})
     # Baselines see the same 3 items: EASE scores x B, popularity is history-free.
     cold_matrix = _matrix_from(first, cold_users, matrix.item_ids)
     ease_recs = {f"cold::{u}": r for u, r in _ease_rows(ease, cold_matrix, kmax).items()}

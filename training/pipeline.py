@@ -222,13 +222,25 @@ def split_validation(inter: Interactions) -> tuple[list[np.ndarray], list[np.nda
 
 
 def two_tower_examples(
-    spec: FeatureSpec, fit_pos: list[np.ndarray], fit_time: list[np.ndarray], demo: list[UserInput]
+    spec: FeatureSpec,
+    fit_pos: list[np.ndarray],
+    fit_time: list[np.ndarray],
+    demo: list[UserInput],
+    neg: list[np.ndarray] | None = None,
+    seed: int = 0,
 ) -> tt.TrainingExamples:
+    """One example per fit positive; each carries one of the user's explicit negatives
+    (dislike / low rating) drawn at random, or -1 when the user has none."""
+    rng = np.random.default_rng(seed)
     users: list[UserInput] = []
     targets: list[int] = []
+    negatives: list[int] = []
     h = spec.history_length
     for u, (p, t) in enumerate(zip(fit_pos, fit_time)):
         base = demo[u]
+        user_neg = neg[u] if neg is not None else np.zeros(0, np.int64)
+        if len(p):
+            negatives.extend(rng.choice(user_neg, len(p)).tolist() if len(user_neg) else [-1] * len(p))
         for j in range(len(p)):
             history = p[max(0, j - h) : j][::-1].tolist()  # most recent first
             users.append(
@@ -241,6 +253,7 @@ def two_tower_examples(
         hist_mask=enc["hist_mask"],
         user_cats=enc["user_cats"],
         target=np.asarray(targets, dtype=np.int64),
+        negative=np.asarray(negatives, dtype=np.int64),
     )
 
 
@@ -415,7 +428,7 @@ def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) 
     mf_users_fit, mf_items, mf_losses = train_wals(fit_pos, n_items, config.mf)
     t0 = lap("wals", t0)
 
-    examples = two_tower_examples(spec, fit_pos, fit_time, demo)
+    examples = two_tower_examples(spec, fit_pos, fit_time, demo, inter.neg, config.two_tower.seed)
     if len(examples.target) == 0:
         raise ValueError("dataset has no positive interactions to train on")
     towers = tt.train_two_tower(examples, item_features, spec.cardinalities, config.two_tower)

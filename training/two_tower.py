@@ -9,7 +9,8 @@ Item tower: id embedding (id 0 = unseen item) + linear map of genre/tag multi-ho
 L2-normalised vector. Score = cosine / temperature.
 
 Training examples are (the user's positives before time t, most recent first; the positive
-at t). Loss: softmax cross-entropy of the positive against the other positives in the batch
+at t; one of the user's explicit negatives). The user tower sees the plain mean of the
+history embeddings and a recency-weighted mean (half-life in positions). Loss: softmax cross-entropy of the positive against the other positives in the batch
 plus a shared set of uniformly sampled negatives (mixed negative sampling), so every
 example sees in-batch (popularity-skewed) and uniform negatives, with log-Q correction of
 each column by its expected count in the batch.
@@ -46,28 +47,34 @@ class TwoTowerParams:
     uniform_negatives: int = 256
     id_dropout: float = 0.15  # chance an item id is hidden so the tower learns features alone
     logq_correction: bool = True  # subtract log(expected count in the batch) per column
+    recency_half_life: float = 5.0  # history positions; the user tower also sees a recency mean
+    explicit_negatives: bool = True  # each row's softmax also holds one of the user's dislikes
     seed: int = 0
 
 
 class UserTower(nn.Module):
-    def __init__(self, n_items: int, cardinalities: list[int], p: TwoTowerParams) -> None:
+    def __init__(self, n_items: int, cardinalities: list[int], p: TwoTowerParams, history_length: int) -> None:
         super().__init__()
         self.history = nn.Embedding(n_items + 1, p.dim, padding_idx=0)
         self.fields = nn.ModuleList(nn.Embedding(c, p.field_dim) for c in cardinalities)
         self.mlp = nn.Sequential(
-            nn.Linear(p.dim + p.field_dim * len(cardinalities), p.hidden),
+            nn.Linear(2 * p.dim + p.field_dim * len(cardinalities), p.hidden),
             nn.ReLU(),
             nn.Linear(p.hidden, p.dim),
         )
+        # position j (0 = most recent) weighs 0.5 ** (j / half-life) in the recency mean
+        self.register_buffer("recency", 0.5 ** (torch.arange(history_length, dtype=torch.float32) / p.recency_half_life))
 
     def forward(
         self, hist_items: torch.Tensor, hist_mask: torch.Tensor, user_cats: torch.Tensor
     ) -> torch.Tensor:
-        # h = sum_j mask_j e_j / max(sum_j mask_j, 1)
-        summed = (self.history(hist_items) * hist_mask.unsqueeze(-1)).sum(1)
-        mean = summed / hist_mask.sum(1, keepdim=True).clamp(min=1.0)
+        e = self.history(hist_items)
+        # mean = sum_j m_j e_j / max(sum_j m_j, 1); recent = the same with weights m_j r_j
+        mean = (e * hist_mask.unsqueeze(-1)).sum(1) / hist_mask.sum(1, keepdim=True).clamp(min=1.0)
+        w = hist_mask * self.recency[: hist_mask.shape[1]]
+        recent = (e * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
         cats = [emb(user_cats[:, j]) for j, emb in enumerate(self.fields)]
-        return F.normalize(self.mlp(torch.cat([mean, *cats], dim=1)), dim=-1)
+        return F.normalize(self.mlp(torch.cat([mean, recent, *cats], dim=1)), dim=-1)
 
 
 class ItemTower(nn.Module):
@@ -93,6 +100,7 @@ class TrainingExamples:
     hist_mask: np.ndarray  # float32[N, H]
     user_cats: np.ndarray  # int64[N, C]
     target: np.ndarray  # int64[N] item index (0-based)
+    negative: np.ndarray | None = None  # int64[N] an explicit negative of the user, -1 = none
 
 
 @dataclass
@@ -114,7 +122,7 @@ def train_two_tower(
     rng = np.random.default_rng(params.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # offline: use every core
     n_items = item_features.shape[0]
-    user = UserTower(n_items, cardinalities, params)
+    user = UserTower(n_items, cardinalities, params, examples.hist_items.shape[1])
     item = ItemTower(n_items, item_features.shape[1], params)
     opt = torch.optim.Adam(
         [*user.parameters(), *item.parameters()],
@@ -122,11 +130,13 @@ def train_two_tower(
         weight_decay=params.weight_decay,
     )
     feats = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32))
+    negative = examples.negative if examples.negative is not None else np.full(len(examples.target), -1)
     tensors = [
         torch.from_numpy(examples.hist_items),
         torch.from_numpy(examples.hist_mask),
         torch.from_numpy(examples.user_cats),
         torch.from_numpy(examples.target),
+        torch.from_numpy(np.asarray(negative, dtype=np.int64)),
     ]
     n = len(examples.target)
     # log-Q correction (Yi et al. 2019): a candidate column j appears in a batch of B
@@ -144,7 +154,7 @@ def train_two_tower(
         item.train()
         for start in range(0, n, params.batch_size):
             rows = order[start : start + params.batch_size]
-            hist, mask, cats, target = (t[rows] for t in tensors)
+            hist, mask, cats, target, neg = (t[rows] for t in tensors)
             negatives = torch.from_numpy(rng.integers(0, n_items, params.uniform_negatives))
             candidates = torch.cat([target, negatives])
             ids = candidates + 1
@@ -162,6 +172,17 @@ def train_two_tower(
             own = torch.zeros_like(same)
             own[torch.arange(len(rows)), torch.arange(len(rows))] = True
             logits = logits.masked_fill(same & ~own, float("-inf"))
+            if params.explicit_negatives and bool((neg >= 0).any()):
+                # one extra column per row: the user's own explicit negative (a dislike or a
+                # low rating) must score below the positive; -inf where the user has none
+                has = neg >= 0
+                safe = torch.where(has, neg, torch.zeros_like(neg))
+                v_neg = item(safe + 1, feats[safe])
+                extra = (u * v_neg).sum(-1) / params.temperature
+                if params.logq_correction:
+                    extra = extra - log_q[safe]
+                extra = extra.masked_fill(~has | (safe == target), float("-inf"))
+                logits = torch.cat([logits, extra.unsqueeze(1)], dim=1)
             loss = F.cross_entropy(logits, torch.arange(len(rows)))
             opt.zero_grad()
             loss.backward()
