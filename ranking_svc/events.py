@@ -2,7 +2,8 @@
 
 One small interface (`EventStore`); the embedded default is SQLite in WAL mode with
 `synchronous=FULL`, so a batch is on disk (the WAL is fsynced at commit) before LogEvents
-acknowledges it. The idempotency key is the primary key: a retried batch is stored once.
+acknowledges it. `RedisEventStore` (ranking_svc/redis_events.py, imported only when a
+Redis URL is configured) is the store several ranking replicas share. The idempotency key is the primary key: a retried batch is stored once.
 Each event keeps the A/B variant that served it, so `click_rates` can compare variants.
 """
 
@@ -174,6 +175,16 @@ class MemoryEventStore:
 
     def close(self) -> None:
         pass
+
+
+def open_event_store(event_db: str, event_store_url: str = "") -> EventStore:
+    """The configured store: Redis when `event_store_url` is set (redis-py is imported only
+    then), else SQLite at `event_db`."""
+    if event_store_url:
+        from ranking_svc.redis_events import RedisEventStore
+
+        return RedisEventStore(event_store_url)
+    return SQLiteEventStore(event_db)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ranking_svc.rules import RuleCatalog, RuleConfig, RuleContext, Slate, apply
 from recsys.bundle import Bundle, BundleError
 from recsys.ranking_features import (
     FEATURE_NAMES,
+    PROFILE_ITEMS,
     UserState,
     build_features,
     bundle_item_static,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK = "fallback_popular"
 FALLBACK_TRENDING = "fallback_trending"
+CONTENT_FEATURE = FEATURE_NAMES.index("content")
 EXPLAIN_FEATURES = 3  # feature contributions listed per explained item
 # Time kept back from the caller's deadline for scoring and rules after Retrieve returns.
 RANKING_RESERVE_S = 0.02
@@ -132,6 +134,7 @@ class RankResult:
 class UserHistory:
     positives: list[int] = field(default_factory=list)  # item indices, most recent first
     negatives: list[int] = field(default_factory=list)
+    fresh_negatives: list[int] = field(default_factory=list)  # from logged events, not training
     seen: set[int] = field(default_factory=set)
     demographics: Demographics = field(default_factory=Demographics)
     bundle_row: int = -1
@@ -165,6 +168,9 @@ class Ranker:
             (seg["max_history"], np.asarray(seg["weights"], dtype=np.float32), float(seg["bias"]))
             for seg in ranker.get("segments") or ()
         ]
+        # the strongest pull of the content profile in any segment (dislike_demotion)
+        self.content_weight = max(0.0, float(self.weights[CONTENT_FEATURE]),
+                                  *(float(w[CONTENT_FEATURE]) for _, w, _ in self.segments))
         mf = bundle.manifest["mf"]
         self.mf_reg, self.mf_w0, self.mf_conf = float(mf["reg"]), float(mf["w0"]), 1.0 + float(mf["alpha"])
         y = bundle.mf_item_factors
@@ -219,6 +225,7 @@ class Ranker:
                 decided.add(item)
             elif e.is_negative:
                 h.negatives.append(item)
+                h.fresh_negatives.append(item)
                 decided.add(item)
         if row >= 0:
             for item in b.user_pos.row(row).tolist():
@@ -254,7 +261,9 @@ class Ranker:
             tt_user=tt_user,
             mf_user=self.mf_user(h),
             profile=content_profile(b.content, np.asarray(h.positives, dtype=np.int64)),
-            disliked=disliked_rows(b.content, np.asarray(h.negatives, dtype=np.int64)),
+            # training-time negatives only: fresh dislikes (first in h.negatives) are
+            # applied by dislike_demotion instead
+            disliked=disliked_rows(b.content, np.asarray(h.negatives[len(h.fresh_negatives):], dtype=np.int64)),
             coldness=coldness(len(h.positives)),
         )
 
@@ -318,9 +327,15 @@ class Ranker:
         feats = self._features(self.user_state(h, tt_user), cand)
         weights, bias = self.weights_for(len(h.positives))
         scores = kernels.linear_score(feats, weights, bias)
+        demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
+        if demotion is not None:
+            scores = scores - demotion
         month = dt.datetime.fromtimestamp((time_ms or time.time() * 1000) / 1000, dt.UTC).month
         ctx = RuleContext(user_id=user_id, k=k, excluded=excluded, month=month, explain=explain)
         slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64))
+        if explain and demotion is not None:
+            for pos in np.flatnonzero(demotion > 0.01).tolist():
+                slate.note(pos, f"dislike: score -{demotion[pos]:.3f} (look-alike of a disliked item)")
         slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
         for pos in slate.order[:k].tolist():
             item = int(cand[pos])
@@ -329,6 +344,19 @@ class Ranker:
                 ranked.explanation = self._explain(feats[pos], list(sources[pos]), slate.notes.get(pos, []), weights)
             result.items.append(ranked)
         return result
+
+    def dislike_demotion(self, h: UserHistory, cand: np.ndarray) -> np.ndarray:
+        """How far logged dislikes push each candidate down: as far as one liked item pulls
+        a look-alike up through the content profile,
+        w_content * max(0, max cos(item, fresh dislike)) / (profile items + fresh dislikes),
+        with the largest content weight of any segment. Fresh dislikes stay out of the
+        fitted `disliked_content` feature (see user_state): fitted on training negatives,
+        where likeness to a dislike marks the user's own taste area, its weight comes out
+        positive in every segment and would pull a fresh dislike's look-alikes *up*."""
+        rows = disliked_rows(self.bundle.content, np.asarray(h.fresh_negatives, dtype=np.int64))
+        signals = min(len(h.positives), PROFILE_ITEMS) + len(rows)
+        cos = kernels.gather_max_cosine(rows, self.bundle.content, np.ascontiguousarray(cand, dtype=np.int64))
+        return (self.content_weight / signals * np.maximum(cos, 0.0)).astype(np.float32)
 
     def weights_for(self, n_history: int) -> tuple[np.ndarray, float]:
         """The ranker segment serving a user with `n_history` known positives: the first

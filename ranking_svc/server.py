@@ -17,7 +17,7 @@ from typing import Sequence
 import grpc
 import numpy as np
 
-from ranking_svc.events import SQLiteEventStore, StoredEvent
+from ranking_svc.events import EventStore, StoredEvent, open_event_store
 from ranking_svc.experiments import Experiment, load_experiment, single_variant
 from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Explanation, Ranker
 from recsys import validation as v
@@ -143,7 +143,7 @@ def encode_explanation(x: Explanation, out: ranking_pb2.Explanation) -> None:
 class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     """`rankers` maps a variant's bundle path ("" = the served bundle) to its Ranker."""
 
-    def __init__(self, ranker: Ranker, events: SQLiteEventStore, experiment: Experiment | None = None,
+    def __init__(self, ranker: Ranker, events: EventStore, experiment: Experiment | None = None,
                  rankers: dict[str, Ranker] | None = None) -> None:
         self.ranker = ranker
         self.events = events
@@ -211,7 +211,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
 def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[Served, Ranker]:
     """Load the bundle and event store, warm the kernels, build the server (not started)."""
     bundle = bundle or load_bundle(config.bundle)
-    events = SQLiteEventStore(config.event_db)
+    events = open_event_store(config.event_db, config.event_store_url)
     source = GrpcCandidateSource(config.candidate_address)
     experiment = load_experiment(config.experiments)
 
@@ -240,5 +240,6 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[
         [ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name],
         interceptors=[ServerInterceptor("ranking", bundle.version)],
     )
-    log.info("ranking service: bundle %s, candidates at %s", bundle.version, config.candidate_address)
+    log.info("ranking service: bundle %s, candidates at %s, events in %s", bundle.version,
+             config.candidate_address, "redis" if config.event_store_url else config.event_db)
     return served, ranker

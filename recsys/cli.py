@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         overrides.update(
             candidate_address=args.candidate_address, event_db=args.event_db,
+            event_store_url=args.event_store_url,
             retrieve_timeout_ms=args.retrieve_timeout_ms, experiments=args.experiments,
         )
         config = cfg.load(cfg.RankingConfig, overrides)
@@ -319,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0 = off, the default)")
     sv.add_argument("--candidate-address", help="ranking only: host:port of candidate_svc")
     sv.add_argument("--event-db", help="ranking only: SQLite event store path")
+    sv.add_argument("--event-store-url",
+                    help="ranking only: redis://host:port/db, a shared Redis event store instead of --event-db")
     sv.add_argument("--retrieve-timeout-ms", type=int, help="ranking only: Retrieve deadline")
     sv.add_argument("--experiments", help="ranking only: JSON file of re-ranking rules and A/B variants")
     sv.set_defaults(func=cmd_serve)

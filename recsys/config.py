@@ -75,6 +75,9 @@ def parse_fractions(text: str) -> dict[str, float]:
     return out
 
 
+EVENT_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 @dataclass(frozen=True)
 class RankingConfig:
     bundle: str = "var/bundles"
@@ -85,6 +88,7 @@ class RankingConfig:
     retrieve_timeout_ms: int = 100  # deadline for Retrieve (capped by the caller's own)
     num_candidates: int = 300  # asked of the candidate tier per request
     event_db: str = "var/events.sqlite3"
+    event_store_url: str = ""  # redis://host:port/db: the shared Redis store instead of event_db
     history_limit: int = 200  # recent events read per request
     grace_s: float = 5.0
     experiments: str = ""  # JSON file: re-ranking rules and A/B variants ("" = default rules)
@@ -100,6 +104,10 @@ class RankingConfig:
             "num_candidates",
             self.num_candidates,
             f"{MAX_K}..{MAX_CANDIDATES}",
+        )
+        _check(
+            not self.event_store_url or self.event_store_url.startswith(EVENT_STORE_SCHEMES),
+            "event_store_url", self.event_store_url, "empty (SQLite) or " + " ".join(EVENT_STORE_SCHEMES) + "...",
         )
         _check(1 <= self.history_limit <= 10_000, "history_limit", self.history_limit, "1..10000")
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
@@ -126,6 +134,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "retrieve_timeout_ms"): "RECSYS_RETRIEVE_TIMEOUT_MS",
     (RankingConfig, "num_candidates"): "RECSYS_NUM_CANDIDATES",
     (RankingConfig, "event_db"): "RECSYS_EVENT_DB",
+    (RankingConfig, "event_store_url"): "RECSYS_EVENT_STORE_URL",
     (RankingConfig, "history_limit"): "RECSYS_HISTORY_LIMIT",
     (RankingConfig, "grace_s"): "RECSYS_GRACE_S",
     (RankingConfig, "experiments"): "RECSYS_EXPERIMENTS",

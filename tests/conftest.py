@@ -74,3 +74,14 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under RECSYS_REQUIRE_ALL=1 (CI must run every test): {reason}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One durable redis-server for the session (tests keep apart by key prefix); skips when
+    the binary is missing, which RECSYS_REQUIRE_ALL=1 turns into a failure."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

@@ -48,6 +48,7 @@ PINNED_DEFAULTS = {
         "retrieve_timeout_ms": 100,
         "num_candidates": 300,
         "event_db": "var/events.sqlite3",
+        "event_store_url": "",
         "history_limit": 200,
         "grace_s": 5.0,
         "experiments": "",
@@ -100,6 +101,7 @@ ENV_VALUES = {
     "RECSYS_RETRIEVE_TIMEOUT_MS": ("250", 250),
     "RECSYS_NUM_CANDIDATES": ("500", 500),
     "RECSYS_EVENT_DB": ("/data/ev.sqlite3", "/data/ev.sqlite3"),
+    "RECSYS_EVENT_STORE_URL": ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
     "RECSYS_HISTORY_LIMIT": ("50", 50),
     "RECSYS_EXPERIMENTS": ("/etc/recsys/experiments.json", "/etc/recsys/experiments.json"),
 }
@@ -251,6 +253,8 @@ OUT_OF_RANGE = [
     (RankingConfig, "retrieve_timeout_ms", 60_001),
     (RankingConfig, "num_candidates", MAX_K - 1),
     (RankingConfig, "num_candidates", MAX_CANDIDATES + 1),
+    (RankingConfig, "event_store_url", "127.0.0.1:6379"),  # a URL, not an address
+    (RankingConfig, "event_store_url", "http://redis:6379"),
     (RankingConfig, "history_limit", 0),
     (RankingConfig, "history_limit", 10_001),
     (RankingConfig, "grace_s", -1.0),
@@ -283,6 +287,9 @@ IN_RANGE_EDGES = [
     (RankingConfig, "retrieve_timeout_ms", 60_000),
     (RankingConfig, "num_candidates", MAX_K),
     (RankingConfig, "num_candidates", MAX_CANDIDATES),
+    (RankingConfig, "event_store_url", ""),  # SQLite
+    (RankingConfig, "event_store_url", "redis://127.0.0.1:6379/0"),
+    (RankingConfig, "event_store_url", "rediss://:secret@redis.internal:6380/2"),
     (RankingConfig, "history_limit", 1),
     (RankingConfig, "history_limit", 10_000),
     (RankingConfig, "grace_s", 300.0),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -27,7 +28,10 @@ def services(bundle_root, tmp_path_factory):
         rank = start_service(
             "ranking",
             ["--bundle", str(bundle_root), "--candidate-address", cand.address,
-             "--event-db", str(logs / "events.sqlite3")],
+             "--event-db", str(logs / "events.sqlite3"),
+             # generous: these tests check answers, not latency, on a shared 2-core machine;
+             # a degraded answer here means the candidate tier broke, not that it was slow
+             "--retrieve-timeout-ms", "3000"],
             logs,
         )
         yield cand, rank
@@ -118,6 +122,75 @@ def test_events_change_the_next_answer(ranking, bundle):
     assert not after.cold_start
     assert not set(liked) & {it.item_id for it in after.items}, "liked items are seen: never re-shown"
     assert [it.item_id for it in after.items] != [it.item_id for it in before.items]
+
+
+def genre_share(bundle, item_ids, genre: str) -> float:
+    return sum(genre in bundle.genres[bundle.item_index[i]] for i in item_ids) / len(item_ids)
+
+
+def log_events(ranking, user: str, items, kind, now: int, tag: str) -> None:
+    batch = ranking_pb2.LogEventsRequest(events=[
+        ranking_pb2.Event(idempotency_key=f"{user}-{tag}-{n}", user_id=user, item_id=item, type=kind,
+                          timestamp_ms=now - n)
+        for n, item in enumerate(items)
+    ])
+    assert ranking.LogEvents(batch, timeout=10).stored == len(items)
+
+
+def liked_genre(bundle) -> tuple[str, list[str]]:
+    """The genre with the most single-genre items, and its 3 most popular such items."""
+    single = {}
+    for i, gs in enumerate(bundle.genres):
+        if len(gs) == 1:
+            single.setdefault(gs[0], []).append(i)
+    genre = max(sorted(single), key=lambda g: len(single[g]))
+    top = sorted(single[genre], key=lambda i: -bundle.popularity[i])[:3]
+    return genre, [bundle.item_ids[i] for i in top]
+
+
+# Three likes must turn a cold-start list into one led by their genre: at least half of the
+# top 10 from a genre that is about a sixth of the catalog, and 0.3 more than before.
+LIKED_SHARE_MIN, LIKED_SHARE_GAIN = 0.5, 0.3
+
+
+def test_likes_shape_the_next_list_by_genre(ranking, bundle):
+    user = "feedback-new-user"
+    genre, liked = liked_genre(bundle)
+    before = ranking.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+    assert before.cold_start and not before.degraded
+    share_before = genre_share(bundle, [it.item_id for it in before.items], genre)
+    log_events(ranking, user, liked, ranking_pb2.EVENT_TYPE_LIKE, int(time.time() * 1000), "like")
+    after = ranking.Recommend(ranking_pb2.RecommendRequest(user_id=user, k=K), timeout=10)
+    assert not after.cold_start and not after.degraded
+    share_after = genre_share(bundle, [it.item_id for it in after.items], genre)
+    assert share_after >= LIKED_SHARE_MIN and share_after >= share_before + LIKED_SHARE_GAIN, (
+        f"{genre}: share of the top {K} {share_before:.2f} before 3 likes, {share_after:.2f} after; "
+        f"want >= {LIKED_SHARE_MIN} and >= before + {LIKED_SHARE_GAIN}"
+    )
+
+
+def test_dislike_removes_the_item_and_pushes_similar_items_down(ranking, bundle):
+    user = "feedback-disliker"
+    genre, liked = liked_genre(bundle)
+    now = int(time.time() * 1000)
+    log_events(ranking, user, liked, ranking_pb2.EVENT_TYPE_LIKE, now - 1000, "like")
+    deep = 50  # positions beyond the top k, so a push down is visible
+    first = [it.item_id for it in ranking.Recommend(
+        ranking_pb2.RecommendRequest(user_id=user, k=deep), timeout=10).items]
+    disliked = first[0]
+    c = bundle.content[[bundle.item_index[i] for i in first]]
+    cosine = c @ bundle.content[bundle.item_index[disliked]]  # rows are L2-normalised
+    similar = [first[p] for p in np.argsort(-cosine[1:], kind="stable")[:5] + 1]
+    log_events(ranking, user, [disliked], ranking_pb2.EVENT_TYPE_DISLIKE, now, "dislike")
+    second = [it.item_id for it in ranking.Recommend(
+        ranking_pb2.RecommendRequest(user_id=user, k=deep), timeout=10).items]
+    assert disliked not in second, "a disliked item must never be shown again"
+    rank_before = np.mean([first.index(i) for i in similar])
+    rank_after = np.mean([second.index(i) if i in second else deep for i in similar])
+    assert rank_after > rank_before, (
+        f"the 5 items most content-similar to the disliked one sat at mean position "
+        f"{rank_before:.1f} and moved to {rank_after:.1f}; a dislike must push them down"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,13 +1,14 @@
 """The event store (ranking_svc/events.py): one contract, run against every implementation.
 
 `TestEventStoreContract` is the interface every store must satisfy (SQLite on a real file
-in tmp_path, and the in-memory one); `TestSQLiteEventStore` adds what only the durable
+in tmp_path, Redis on a real redis-server, and the in-memory one); `TestSQLiteEventStore` adds what only the durable
 store promises: data on disk across reopen, WAL + synchronous=FULL, and no lost writes
 under concurrent writers and readers.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,17 +34,26 @@ def event(key: str, user: str = "u1", ts: int = 1_000, event_type: str = "click"
     )
 
 
-def make_store(kind: str, tmp_path: Path):
+_redis_prefixes = itertools.count()
+
+
+def make_store(kind: str, tmp_path: Path, request=None):
     if kind == "sqlite":
         return SQLiteEventStore(tmp_path / "db" / "events.sqlite3")
     if kind == "memory":
         return MemoryEventStore()
+    if kind == "redis":
+        from ranking_svc.redis_events import RedisEventStore
+
+        # one server per session; each test its own key prefix, so no test sees another's events
+        server = request.getfixturevalue("redis_server")
+        return RedisEventStore(server.url, prefix=f"test{next(_redis_prefixes)}")
     raise ValueError(kind)
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request, tmp_path):
-    s = make_store(request.param, tmp_path)
+    s = make_store(request.param, tmp_path, request)
     yield s
     s.close()
 
@@ -218,3 +228,52 @@ class TestSQLiteEventStore:
             conn.close()
         assert rows == expected_rows
         assert per_user == {f"user{t}": n_batches * batch_size for t in range(n_threads)}
+
+
+# ------------------------------------------------------------------------------ Redis only
+
+
+@pytest.mark.redis
+class TestRedisEventStore:
+    @pytest.mark.parametrize(("setting", "unsafe"), [
+        ("appendfsync", "everysec"),  # up to a second of acknowledged events lost on a crash
+        ("appendonly", "no"),  # nothing on disk at all
+        ("no-appendfsync-on-rewrite", "yes"),  # no fsync while the AOF is rewritten
+        ("maxmemory-policy", "allkeys-lru"),  # events evicted under memory pressure
+    ])
+    def test_refuses_a_server_that_could_lose_acknowledged_events(self, redis_server, setting, unsafe):
+        import redis
+
+        from ranking_svc.redis_events import RedisDurabilityError, RedisEventStore
+
+        admin = redis.Redis.from_url(redis_server.url)
+        safe = admin.config_get(setting)[setting]
+        admin.config_set(setting, unsafe)
+        try:
+            with pytest.raises(RedisDurabilityError) as info:
+                RedisEventStore(redis_server.url, prefix="refused")
+            assert setting in str(info.value) and repr(unsafe) in str(info.value), str(info.value)
+        finally:
+            admin.config_set(setting, safe)
+            admin.close()
+        RedisEventStore(redis_server.url, prefix="accepted").close()  # restored: accepted again
+
+    def test_acknowledged_events_survive_sigkill_of_redis(self, tmp_path):
+        from ranking_svc.redis_events import RedisEventStore
+        from tests.redis_server import RedisServer
+
+        server = RedisServer(tmp_path / "redis").start()
+        try:
+            s = RedisEventStore(server.url)
+            batch = [event(f"e{i}", ts=i % 7, value=float(i)) for i in range(50)]
+            assert s.append(batch) == (50, 0)
+            server.kill()  # no shutdown: only what appendfsync always put on disk survives
+            server.start()
+            got = s.user_events("u1", 100)  # the same client reconnects
+            # newest first; equal timestamps: the later insert first
+            assert got == sorted(batch, key=lambda e: (e.timestamp_ms, int(e.idempotency_key[1:])),
+                                 reverse=True)
+            assert s.append(batch[:5]) == (0, 5), "idempotency keys must survive the restart too"
+            s.close()
+        finally:
+            server.stop()
