@@ -12,6 +12,7 @@ import numpy as np
 
 from candidate_svc.retrieval import Candidates, Request, Retriever
 from candidate_svc.sources import SOURCE_ORDER
+from recsys import tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
 from recsys.config import MAX_CANDIDATES, CandidateConfig
@@ -103,8 +104,10 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
 
 
-def create_server(config: CandidateConfig, bundle: Bundle | None = None) -> tuple[Served, Retriever]:
-    """Load (or take) the bundle, warm every path, and build the server (not started)."""
+def create_server(config: CandidateConfig, bundle: Bundle | None = None,
+                  tracer: "tracing.Tracer | None" = None) -> tuple[Served, Retriever]:
+    """Load (or take) the bundle, warm every path, and build the server (not started).
+    `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says)."""
     bundle = bundle or load_bundle(config.bundle)
     retriever = Retriever(bundle, config.popular_fraction, config.ann_expansion, config.fractions())
     retriever.warmup()
@@ -115,7 +118,8 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None) -> tupl
         config.workers,
         [lambda s: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, s)],
         [candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name],
-        interceptors=[ServerInterceptor("candidate", bundle.version)],
+        interceptors=[ServerInterceptor("candidate", bundle.version),
+                      *tracing.interceptors(tracer or tracing.setup_tracing("recsys-candidate", config.otel))],
     )
     log.info("candidate service: bundle %s, %d items", bundle.version, bundle.n_items)
     return served, retriever

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Iterator, Protocol, Sequence
 
 EVENT_TYPES = ("impression", "click", "like", "dislike", "watch", "rating", "search")
 POSITIVE_TYPES = ("click", "like", "watch")
@@ -45,12 +45,19 @@ class StoredEvent:
         return self.event_type not in ("impression", "search")
 
 
+class EventStoreUnavailable(Exception):
+    """The store cannot be reached (a network store's connection failed or timed out)."""
+
+
 class EventStore(Protocol):
     def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
         """Store durably; return (newly stored, duplicates by idempotency key)."""
 
     def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
         """The user's most recent events, newest first (by client timestamp)."""
+
+    def all_events(self) -> Iterator[StoredEvent]:
+        """Every stored event once (the full log, for export to training)."""
 
     def close(self) -> None: ...
 
@@ -136,6 +143,16 @@ class SQLiteEventStore:
         ).fetchall()
         return [StoredEvent(*row) for row in rows]
 
+    def all_events(self) -> Iterator[StoredEvent]:
+        """Every stored event in insertion order (the full log, for export)."""
+        conn = self._connect()
+        try:
+            yield from (StoredEvent(*row) for row in conn.execute(
+                "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query, variant"
+                " FROM events ORDER BY seq"))
+        finally:
+            conn.close()
+
     def close(self) -> None:
         with self._write_lock:
             self._writer.close()
@@ -172,6 +189,11 @@ class MemoryEventStore:
         # newest first; among equal timestamps the later append first (as SQLite's seq)
         events.sort(key=lambda se: (se[1].timestamp_ms, se[0]), reverse=True)
         return [e for _, e in events[:limit]]
+
+    def all_events(self) -> Iterator[StoredEvent]:
+        with self._lock:
+            events = list(self._by_key.values())
+        return iter(events)
 
     def close(self) -> None:
         pass

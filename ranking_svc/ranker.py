@@ -29,6 +29,7 @@ import numpy as np
 import kernels
 from ranking_svc.events import EventStore, StoredEvent
 from ranking_svc.rules import RuleCatalog, RuleConfig, RuleContext, Slate, apply_rules, item_created_at
+from recsys import tracing
 from recsys.bundle import Bundle, BundleError
 from recsys.ranking_features import (
     FEATURE_NAMES,
@@ -280,7 +281,8 @@ class Ranker:
         rules: RuleConfig | None = None,
     ) -> RankResult:
         b = self.bundle
-        h = self.history(user_id, demographics)
+        with tracing.stage("ranking.history"):  # bundle history + the event store's recent events
+            h = self.history(user_id, demographics)
         excluded = np.zeros(b.n_items, dtype=np.bool_)
         for item_id in exclude_ids:
             item = b.item_index.get(item_id)
@@ -324,19 +326,21 @@ class Ranker:
             sources = [s for s, ok in zip(self.fallback_sources, keep.tolist()) if ok][: self.num_candidates]
             tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)
 
-        feats = self._features(self.user_state(h, tt_user), cand)
-        weights, bias = self.weights_for(len(h.positives))
-        scores = kernels.linear_score(feats, weights, bias)
-        demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
-        if demotion is not None:
-            scores = scores - demotion
+        with tracing.stage("ranking.score"):
+            feats = self._features(self.user_state(h, tt_user), cand)
+            weights, bias = self.weights_for(len(h.positives))
+            scores = kernels.linear_score(feats, weights, bias)
+            demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
+            if demotion is not None:
+                scores = scores - demotion
         month = dt.datetime.fromtimestamp((time_ms or time.time() * 1000) / 1000, dt.UTC).month
         ctx = RuleContext(user_id=user_id, k=k, excluded=excluded, month=month, explain=explain)
         slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64))
         if explain and demotion is not None:
             for pos in np.flatnonzero(demotion > 0.01).tolist():
                 slate.note(pos, f"dislike: score -{demotion[pos]:.3f} (look-alike of a disliked item)")
-        slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
+        with tracing.stage("ranking.rules"):
+            slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
         for pos in slate.order[:k].tolist():
             item = int(cand[pos])
             ranked = RankedItem(b.item_ids[item], float(slate.scores[pos]), list(sources[pos]), b.titles[item])

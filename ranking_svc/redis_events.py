@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import redis
 
-from ranking_svc.events import StoredEvent
+from ranking_svc.events import EventStoreUnavailable, StoredEvent
 
 DEFAULT_PREFIX = "recsys:events"
 _TS_OFFSET = 1 << 63  # timestamps may be negative; offset so hex order is numeric order
@@ -79,8 +79,10 @@ def _decode(member: bytes) -> StoredEvent:
 
 class RedisEventStore:
     """Events in Redis (see the module docstring for layout and durability rules). The
-    client is thread-safe (a connection pool); a call that fails on the connection is
-    retried by redis-py, which is safe because a batch is idempotent by its keys."""
+    client is thread-safe (a connection pool) and does not retry: a write that fails on the
+    connection raises (LogEvents answers UNAVAILABLE) even if Redis ran the script before
+    the reply was lost, and the caller's resend is safe because a batch is idempotent by
+    its keys. A failed read raises EventStoreUnavailable (Recommend answers UNAVAILABLE)."""
 
     def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, check_durability: bool = True,
                  socket_timeout_s: float = 5.0) -> None:
@@ -105,8 +107,8 @@ class RedisEventStore:
         except redis.ResponseError as e:  # CONFIG renamed or disabled (some managed services)
             raise RedisDurabilityError(f"{where}: cannot read the server configuration ({e}); "
                                        f"the store must verify {sorted(DURABILITY_RULES)}") from None
-        except redis.ConnectionError as e:
-            raise RedisDurabilityError(f"{where}: cannot connect: {e}") from None
+        except redis.RedisError as e:
+            raise RedisDurabilityError(f"{where}: cannot connect: {type(e).__name__}: {e}") from None
         for name, (ok, wanted) in DURABILITY_RULES.items():
             value = config.get(name, "")
             if not ok(value):
@@ -132,8 +134,11 @@ class RedisEventStore:
     def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
         if limit < 1:
             return []
-        members = self._client.zrange(self._user_key(user_id), "+", "-", desc=True, bylex=True,
-                                      offset=0, num=limit)
+        try:
+            members = self._client.zrange(self._user_key(user_id), "+", "-", desc=True, bylex=True,
+                                          offset=0, num=limit)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise EventStoreUnavailable(f"redis: {type(e).__name__}: {e}") from None
         return [_decode(m) for m in members]
 
     def all_events(self, batch_users: int = 500) -> Iterator[StoredEvent]:

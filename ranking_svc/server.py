@@ -17,9 +17,10 @@ from typing import Sequence
 import grpc
 import numpy as np
 
-from ranking_svc.events import EventStore, StoredEvent, open_event_store
+from ranking_svc.events import EventStore, EventStoreUnavailable, StoredEvent, open_event_store
 from ranking_svc.experiments import Experiment, load_experiment, single_variant
 from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Explanation, Ranker
+from recsys import tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
 from recsys.config import MAX_K, RankingConfig
@@ -85,7 +86,9 @@ class GrpcCandidateSource:
             exclude_item_ids=exclude_ids,
         )
         try:
-            response = self.stub.Retrieve(request, timeout=timeout_s, metadata=outgoing_metadata())
+            with tracing.client_call("/recsys.v1.CandidateService/Retrieve") as traceparent:
+                response = self.stub.Retrieve(request, timeout=timeout_s,
+                                              metadata=(*outgoing_metadata(), *traceparent))
         except grpc.RpcError as e:
             raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
         return CandidateList(
@@ -163,16 +166,19 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         f = request.features
         variant = self.experiment.assign(request.user_id)
-        result = self.rankers[variant.bundle].recommend(
-            request.user_id,
-            request.k,
-            Demographics(f.age, f.gender, f.occupation, f.region),
-            request.exclude_item_ids,
-            request.request_time_ms,
-            deadline,
-            explain=request.explain,
-            rules=variant.rules,
-        )
+        try:
+            result = self.rankers[variant.bundle].recommend(
+                request.user_id,
+                request.k,
+                Demographics(f.age, f.gender, f.occupation, f.region),
+                request.exclude_item_ids,
+                request.request_time_ms,
+                deadline,
+                explain=request.explain,
+                rules=variant.rules,
+            )
+        except EventStoreUnavailable as e:  # without the user's events we cannot filter what they saw
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"event store: {e}")
         if result.degraded:
             log.warning("degraded answer for user %s: %s", request.user_id, result.degraded_reason)
         response = ranking_pb2.RecommendResponse(
@@ -208,8 +214,10 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         return ranking_pb2.LogEventsResponse(stored=stored, duplicates=duplicates)
 
 
-def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[Served, Ranker]:
-    """Load the bundle and event store, warm the kernels, build the server (not started)."""
+def create_server(config: RankingConfig, bundle: Bundle | None = None,
+                  tracer: "tracing.Tracer | None" = None) -> tuple[Served, Ranker]:
+    """Load the bundle and event store, warm the kernels, build the server (not started).
+    `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says)."""
     bundle = bundle or load_bundle(config.bundle)
     events = open_event_store(config.event_db, config.event_store_url)
     source = GrpcCandidateSource(config.candidate_address)
@@ -238,7 +246,8 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None) -> tuple[
         config.workers,
         [lambda s: ranking_pb2_grpc.add_RankingServiceServicer_to_server(servicer, s)],
         [ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name],
-        interceptors=[ServerInterceptor("ranking", bundle.version)],
+        interceptors=[ServerInterceptor("ranking", bundle.version),
+                      *tracing.interceptors(tracer or tracing.setup_tracing("recsys-ranking", config.otel))],
     )
     log.info("ranking service: bundle %s, candidates at %s, events in %s", bundle.version,
              config.candidate_address, "redis" if config.event_store_url else config.event_db)

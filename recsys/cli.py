@@ -111,7 +111,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from recsys.grpc_server import run_until_signal
 
     overrides = {"bundle": args.bundle, "host": args.host, "port": args.port, "workers": args.workers,
-                 "metrics_port": args.metrics_port}
+                 "metrics_port": args.metrics_port, "otel": args.otel}
     if args.service == "candidate":
         from candidate_svc.server import create_server
 
@@ -132,6 +132,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("recsys.metrics").info(
             "metrics on http://%s:%d/metrics", config.host, start_http(config.host, config.metrics_port))
     run_until_signal(served, config.grace_s, args.port_file)
+    return 0
+
+
+# ---- events ----------------------------------------------------------------------------
+def cmd_events_export(args: argparse.Namespace) -> int:
+    from ranking_svc.events import open_event_store
+    from training.data import load_dataset, save_dataset
+    from training.event_log import LoggedEvent, merge_events
+
+    if bool(args.event_db) == bool(args.event_store_url):
+        raise SystemExit("events export: give exactly one of --event-db and --event-store-url")
+    store = open_event_store(args.event_db or "", args.event_store_url or "")
+    try:
+        logged = (LoggedEvent(e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms)
+                  for e in store.all_events())
+        merged, report = merge_events(load_dataset(args.data), logged)
+    finally:
+        store.close()
+    save_dataset(merged, args.out)
+    print(json.dumps({"out": args.out, "events_merged": report.merged, "skipped": dict(report.skipped),
+                      "n_interactions": merged.meta["n_interactions"]}, indent=2))
     return 0
 
 
@@ -318,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port-file", help="write the bound port here once serving")
     sv.add_argument("--workers", type=int)
     sv.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics here (0 = off, the default)")
+    sv.add_argument("--otel", choices=["off", "console", "otlp"],
+                    help="OpenTelemetry traces (needs the otel extra; default off)")
     sv.add_argument("--candidate-address", help="ranking only: host:port of candidate_svc")
     sv.add_argument("--event-db", help="ranking only: SQLite event store path")
     sv.add_argument("--event-store-url",
@@ -380,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--workdir", default="var/cluster", help="logs and event stores")
     cl.add_argument("--metrics", action="store_true", help="a /metrics port per replica")
     cl.set_defaults(func=cmd_cluster)
+
+    ev = sub.add_parser("events", help="the ranking service's event log")
+    evsub = ev.add_subparsers(dest="events_command", required=True)
+    ex = evsub.add_parser("export", help="merge logged events into a dataset, for `recsys train`")
+    ex.add_argument("--event-db", help="a SQLite event store")
+    ex.add_argument("--event-store-url", help="or a Redis event store (redis://host:port/db)")
+    ex.add_argument("--data", required=True, help="the canonical dataset the events are added to")
+    ex.add_argument("out", help="where the merged dataset is written (replaced if present)")
+    ex.set_defaults(func=cmd_events_export)
 
     rp = sub.add_parser("report", help="click-rate per A/B variant from a ranking event store")
     rp.add_argument("--event-db", required=True, help="the ranking service's SQLite event store")

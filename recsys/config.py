@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 MAX_K = 100
 MAX_CANDIDATES = 2000
+OTEL_MODES = ("off", "console", "otlp")  # recsys.tracing.MODES (kept here: config imports nothing)
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,7 @@ class CandidateConfig:
     source_fractions: str = "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02"
     grace_s: float = 5.0  # SIGTERM grace period
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
+    otel: str = "off"  # OpenTelemetry traces: off, console, otlp (recsys.tracing)
 
     def fractions(self) -> dict[str, float]:
         """`source_fractions` parsed (validate() has checked it)."""
@@ -50,6 +52,7 @@ class CandidateConfig:
             raise ConfigError(f"source_fractions: {e}") from None
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
         _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
+        _check(self.otel in OTEL_MODES, "otel", self.otel, "|".join(OTEL_MODES))
         return self
 
 
@@ -93,6 +96,7 @@ class RankingConfig:
     grace_s: float = 5.0
     experiments: str = ""  # JSON file: re-ranking rules and A/B variants ("" = default rules)
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
+    otel: str = "off"  # OpenTelemetry traces: off, console, otlp (recsys.tracing)
 
     def validate(self) -> "RankingConfig":
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
@@ -112,6 +116,7 @@ class RankingConfig:
         _check(1 <= self.history_limit <= 10_000, "history_limit", self.history_limit, "1..10000")
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
         _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
+        _check(self.otel in OTEL_MODES, "otel", self.otel, "|".join(OTEL_MODES))
         return self
 
 
@@ -126,6 +131,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (CandidateConfig, "source_fractions"): "RECSYS_SOURCE_FRACTIONS",
     (CandidateConfig, "grace_s"): "RECSYS_GRACE_S",
     (CandidateConfig, "metrics_port"): "RECSYS_METRICS_PORT",
+    (CandidateConfig, "otel"): "RECSYS_OTEL",
     (RankingConfig, "bundle"): "RECSYS_BUNDLE",
     (RankingConfig, "host"): "RECSYS_HOST",
     (RankingConfig, "port"): "RECSYS_RANKING_PORT",
@@ -139,6 +145,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "grace_s"): "RECSYS_GRACE_S",
     (RankingConfig, "experiments"): "RECSYS_EXPERIMENTS",
     (RankingConfig, "metrics_port"): "RECSYS_METRICS_PORT",
+    (RankingConfig, "otel"): "RECSYS_OTEL",
 }
 
 

@@ -34,7 +34,8 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("eval",): ["--data", "--k", "--json", "--workdir", "--epochs", "--factors",
                 "--mf-iterations", "--seed"],
     ("serve",): ["candidate", "ranking", "--bundle", "--host", "--port", "--port-file",
-                 "--workers", "--candidate-address", "--event-db", "--retrieve-timeout-ms", "--metrics-port"],
+                 "--workers", "--candidate-address", "--event-db", "--event-store-url", "--retrieve-timeout-ms",
+                 "--metrics-port"],
     ("recommend",): ["--address", "--user", "--k", "--age", "--gender", "--region", "--timeout"],
     ("loadtest",): ["--address", "--bundle", "--mix", "--concurrency", "--rate", "--sweep", "--duration",
                     "--requests", "--warmup", "--processes", "--json", "--png", "--k"],
@@ -43,6 +44,8 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("demo",): ["--workdir", "--users", "--items"],
     ("catalog-update",): ["--bundle", "--data", "--out"],
     ("report",): ["--event-db"],
+    ("events",): ["export"],
+    ("events", "export"): ["--event-db", "--event-store-url", "--data", "out"],
 }
 
 

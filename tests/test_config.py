@@ -38,6 +38,7 @@ PINNED_DEFAULTS = {
         "source_fractions": "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02",
         "grace_s": 5.0,
         "metrics_port": 0,
+        "otel": "off",
     },
     RankingConfig: {
         "bundle": "var/bundles",
@@ -53,6 +54,7 @@ PINNED_DEFAULTS = {
         "grace_s": 5.0,
         "experiments": "",
         "metrics_port": 0,
+        "otel": "off",
     },
 }
 
@@ -104,6 +106,7 @@ ENV_VALUES = {
     "RECSYS_EVENT_STORE_URL": ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
     "RECSYS_HISTORY_LIMIT": ("50", 50),
     "RECSYS_EXPERIMENTS": ("/etc/recsys/experiments.json", "/etc/recsys/experiments.json"),
+    "RECSYS_OTEL": ("console", "console"),
 }
 
 ENV_CASES = [(cls, name, var) for (cls, name), var in ENV_TABLE.items()]
@@ -262,6 +265,8 @@ OUT_OF_RANGE = [
     (CandidateConfig, "metrics_port", -1),
     (CandidateConfig, "metrics_port", 65536),
     (RankingConfig, "metrics_port", 70000),
+    (CandidateConfig, "otel", "on"),
+    (RankingConfig, "otel", "OTLP"),  # exact names only
 ]
 
 # The values at the very edge of each range are accepted.
@@ -295,6 +300,8 @@ IN_RANGE_EDGES = [
     (RankingConfig, "grace_s", 300.0),
     (CandidateConfig, "metrics_port", 0),
     (RankingConfig, "metrics_port", 65535),
+    (CandidateConfig, "otel", "otlp"),
+    (RankingConfig, "otel", "console"),
 ]
 
 UNVALIDATED = {"bundle", "host", "event_db", "experiments"}  # free text: checked where they are used

@@ -188,6 +188,11 @@ def test_redis_keeps_every_acknowledged_event_across_sigkill_of_redis(bundle_roo
         wait_for_acks(writers, 5)
         time.sleep(rng.uniform(0.0, 0.5))
         server.kill()  # the store dies under the writers; ranking stays up and answers UNAVAILABLE
+        with grpc.insecure_channel(rank.address) as channel, pytest.raises(grpc.RpcError) as err:
+            ranking_pb2_grpc.RankingServiceStub(channel).Recommend(
+                ranking_pb2.RecommendRequest(user_id="dur-user-0", k=5), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "event store" in err.value.details(), (
+            err.value.code(), err.value.details())
         time.sleep(0.3)
         server.start()  # same port, same AOF directory
         acked_at_restart = sum(len(w.acked) for w in writers)

@@ -111,6 +111,12 @@ class TestEventStoreContract:
         assert [e.idempotency_key for e in store.user_events("bob", 10)] == ["b2", "b1"]
         assert store.user_events("nobody", 10) == []
 
+    def test_all_events_holds_every_stored_event_once(self, store):
+        batch = [event(f"k{i}", user=f"user{i % 3}", ts=i) for i in range(12)]
+        store.append(batch + batch[:4])
+        got = list(store.all_events())
+        assert sorted(got, key=lambda e: e.timestamp_ms) == batch
+
     def test_same_key_for_another_user_is_a_duplicate(self, store):
         # the idempotency key alone identifies an event, whoever sends it
         assert store.append([event("k", user="alice")]) == (1, 0)
