@@ -52,8 +52,9 @@ _tracer: contextvars.ContextVar[Any] = contextvars.ContextVar("recsys_tracer", d
 
 def available() -> bool:
     """True when the OpenTelemetry SDK is installed (without importing it)."""
-    return importlib.util.find_spec("opentelemetry") is not None and \
-        importlib.util.find_spec("opentelemetry.sdk") is not None
+    # the parent first: find_spec("a.b") imports "a", and raises if "a" is missing
+    return importlib.util.find_spec("opentelemetry") is not None and (
+        importlib.util.find_spec("opentelemetry.sdk") is not None)
 
 
 def setup_tracing(service_name: str, exporter: "str | SpanExporter") -> "Tracer | None":
