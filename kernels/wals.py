@@ -28,6 +28,19 @@ def _gram(M):
     return G
 
 
+@njit(cache=True, parallel=True)
+def _gram_parallel(Y):
+    # YtY = Y^T Y (float64); each thread owns whole rows of YtY: no write races
+    m, d = Y.shape
+    YtY = np.zeros((d, d), dtype=np.float64)
+    for a in prange(d):
+        for i in range(m):
+            y_ia = np.float64(Y[i, a])
+            for b in range(d):
+                YtY[a, b] += y_ia * Y[i, b]
+    return YtY
+
+
 @njit(cache=True)
 def _cholesky_solve(A, rhs, x):
     # A = L L^T (L overwrites A's lower triangle), then L z = rhs, L^T x = z.
@@ -92,14 +105,8 @@ def _solve_one(indices, confidence, start, end, Y, YtY, reg, w0):
 def wals_half_step(indptr, indices, confidence, Y, reg, w0):
     # X_u = (w0 YtY + Yu^T (C_u - w0) Yu + reg I)^-1 Yu^T C_u 1, one independent solve per row
     n = indptr.shape[0] - 1
-    m = Y.shape[0]
     d = Y.shape[1]
-    YtY = np.zeros((d, d), dtype=np.float64)
-    for a in prange(d):  # each thread owns whole rows of YtY: no write races
-        for i in range(m):
-            y_ia = np.float64(Y[i, a])
-            for b in range(d):
-                YtY[a, b] += y_ia * Y[i, b]
+    YtY = _gram_parallel(Y)
     X = np.zeros((n, d), dtype=np.float32)
     for u in prange(n):
         x = _solve_one(indices, confidence, indptr[u], indptr[u + 1], Y, YtY, reg, w0)
@@ -137,14 +144,8 @@ def wals_half_step_cg(indptr, indices, confidence, Y, X0, reg, w0, steps):
     # X_u ~= argmin of the half-step loss by `steps` conjugate-gradient iterations from X0_u
     # (Hu-Koren-Volinsky / Takacs: A x = b with A x applied in O(nnz_u d + d^2), never formed)
     n = indptr.shape[0] - 1
-    m = Y.shape[0]
     d = Y.shape[1]
-    YtY = np.zeros((d, d), dtype=np.float64)
-    for a in prange(d):
-        for i in range(m):
-            y_ia = np.float64(Y[i, a])
-            for b in range(d):
-                YtY[a, b] += y_ia * Y[i, b]
+    YtY = _gram_parallel(Y)
     X = np.zeros((n, d), dtype=np.float32)
     for u in prange(n):
         start, end = indptr[u], indptr[u + 1]
