@@ -68,6 +68,34 @@ def _given(value, default):
     return default if value is None else value
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from evaluation.tune import tune
+    from training.data import load_dataset
+
+    grid = dict(args.grid) if args.grid else None
+    path, record = tune(load_dataset(args.data), args.out, _train_config(args), grid, args.max_trials)
+    for t in record["trials"]:
+        print(f"{t['validation_ndcg@10']:.4f}  {json.dumps(t['setting'])}")
+    print(json.dumps({"bundle": str(path), "chosen": record["chosen"]}))
+    return 0
+
+
+def _grid_entry(text: str) -> tuple[str, list]:
+    key, sep, values = text.partition("=")
+    if not sep or "." not in key or not values:
+        raise argparse.ArgumentTypeError(f"expected SECTION.FIELD=V1,V2, got {text!r}")
+
+    def parse(v: str):
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    return key, [parse(v) for v in values.split(",")]
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.data import load_dataset
     from training.pipeline import train
@@ -319,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     train_flags(t)
     t.add_argument("--out", required=True, help="bundle root (versions + LATEST)")
     t.set_defaults(func=cmd_train)
+
+    tu = sub.add_parser("tune", help="search hyper-parameters on a validation split of the data, then train the best")
+    train_flags(tu)
+    tu.add_argument("--out", required=True, help="bundle root for the chosen configuration")
+    tu.add_argument("--grid", action="append", type=_grid_entry, metavar="SECTION.FIELD=V1,V2",
+                    help="a search axis, repeatable (default: evaluation.tune.DEFAULT_GRID)")
+    tu.add_argument("--max-trials", type=int, help="stop after this many configurations")
+    tu.set_defaults(func=cmd_tune)
 
     e = sub.add_parser("eval", help="the evaluation protocol: funnel vs popularity, WALS, EASE")
     train_flags(e)

@@ -31,6 +31,7 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("data", "csv"): ["--interactions", "--items", "--users", "--map", "--event-type", "out"],
     ("data", "synth"): ["out", "--users", "--items", "--days", "--per-user", "--seed"],
     ("train",): ["--data", "--out", "--epochs", "--factors", "--mf-iterations", "--seed"],
+    ("tune",): ["--data", "--out", "--grid", "--max-trials"],
     ("eval",): ["--data", "--k", "--json", "--workdir", "--epochs", "--factors",
                 "--mf-iterations", "--seed"],
     ("serve",): ["candidate", "ranking", "--bundle", "--host", "--port", "--port-file",

@@ -405,8 +405,11 @@ def fit_ranker(
                          np.concatenate(groups) if listwise else None)
 
 
-def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) -> Path:
-    """Train every model on `ds` and publish a new bundle version under `out_root`."""
+def train(
+    ds: Dataset, out_root: str | Path, config: TrainConfig | None = None, extra_manifest: dict | None = None
+) -> Path:
+    """Train every model on `ds` and publish a new bundle version under `out_root`;
+    `extra_manifest` entries (e.g. how the config was tuned) are recorded in the manifest."""
     config = config or TrainConfig()
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -522,6 +525,7 @@ def train(ds: Dataset, out_root: str | Path, config: TrainConfig | None = None) 
             "ranker": ranker.to_json() if ranker else _default_ranker(),
             "timings_s": {**timings, "total": round(time.perf_counter() - started, 3)},
             "software": _software(),
+            **(extra_manifest or {}),
         }
         path = w.publish(manifest)
     log.info("bundle %s written in %.1fs", path, time.perf_counter() - started)
