@@ -33,6 +33,7 @@ import onnxruntime as ort
 from usearch.index import Index
 
 import kernels
+from candidate_svc.live_stats import ItemStatsReader, LiveSourceStats
 from candidate_svc.merge import ask_for, merge, quotas_from_fractions
 from candidate_svc.sources import (
     FRESH,
@@ -108,6 +109,14 @@ class Retriever:
         self.sources: dict[str, Source] = build_sources(bundle, self.index)
         self.fallback_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
         self.log_popularity = np.log1p(bundle.popularity).astype(np.float32)
+        self.live: LiveSourceStats | None = None
+
+    def attach_live_stats(self, reader: ItemStatsReader, ttl_s: float = 5.0) -> LiveSourceStats:
+        """From now on the trending and fresh sources use the event store's live counts,
+        re-read at most every ttl_s (candidate_svc/live_stats.py)."""
+        time_max = float(self.bundle.manifest.get("dataset", {}).get("time_max") or 0.0)
+        self.live = LiveSourceStats(reader, self.bundle.item_ids, self.bundle.extras, time_max, ttl_s)
+        return self.live
 
     def warmup(self) -> None:
         """Run the whole path once so nothing compiles or allocates lazily on a request."""
@@ -125,6 +134,8 @@ class Retriever:
         return np.ascontiguousarray(self.user_tower.run(None, feeds)[0], dtype=np.float32)
 
     def retrieve(self, requests: Sequence[Request]) -> list[Candidates]:
+        if self.live is not None:
+            self.live.refresh_into(self.sources)
         users = [_with_time(r.user) for r in requests]
         embeddings = self.embed_users(users)
         return [self._one(req, user, embeddings[j]) for j, (req, user) in enumerate(zip(requests, users))]

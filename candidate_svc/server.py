@@ -10,6 +10,7 @@ import logging
 import grpc
 import numpy as np
 
+from candidate_svc.live_stats import ItemStatsReader
 from candidate_svc.retrieval import Candidates, Request, Retriever
 from candidate_svc.sources import SOURCE_ORDER
 from recsys import tracing
@@ -105,11 +106,17 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
 
 
 def create_server(config: CandidateConfig, bundle: Bundle | None = None,
-                  tracer: "tracing.Tracer | None" = None) -> tuple[Served, Retriever]:
+                  tracer: "tracing.Tracer | None" = None,
+                  item_stats: ItemStatsReader | None = None) -> tuple[Served, Retriever]:
     """Load (or take) the bundle, warm every path, and build the server (not started).
-    `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says)."""
+    `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says).
+    `item_stats`: the event store opened from config.event_db / event_store_url (by the
+    caller: this package may not import ranking_svc); the trending and fresh sources then
+    use its live counts."""
     bundle = bundle or load_bundle(config.bundle)
     retriever = Retriever(bundle, config.popular_fraction, config.ann_expansion, config.fractions())
+    if item_stats is not None:
+        retriever.attach_live_stats(item_stats, config.live_stats_ttl_s)
     retriever.warmup()
     servicer = CandidateServicer(retriever)
     served = build_server(
@@ -121,5 +128,6 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
         interceptors=[ServerInterceptor("candidate", bundle.version),
                       *tracing.interceptors(tracer or tracing.setup_tracing("recsys-candidate", config.otel))],
     )
-    log.info("candidate service: bundle %s, %d items", bundle.version, bundle.n_items)
+    log.info("candidate service: bundle %s, %d items, live source stats %s", bundle.version, bundle.n_items,
+             "on" if item_stats is not None else "off")
     return served, retriever

@@ -28,6 +28,7 @@ import numpy as np
 
 import kernels
 from ranking_svc.events import EventStore, StoredEvent
+from ranking_svc.live_stats import LiveTrending
 from ranking_svc.rules import RuleCatalog, RuleConfig, RuleContext, Slate, apply_rules, item_created_at
 from recsys import tracing
 from recsys.bundle import Bundle, BundleError
@@ -152,7 +153,11 @@ class Ranker:
         retrieve_timeout_s: float = 0.1,
         history_limit: int = 200,
         rules: RuleConfig | None = None,
+        live_trending_ttl_s: float | None = None,
     ) -> None:
+        """`live_trending_ttl_s`: blend the event store's online trending into the
+        log_trending feature and the fallback order, re-read at most this often (None: the
+        bundle's trending only, as evaluation replays)."""
         self.bundle = bundle
         self.candidates = candidates
         self.events = events
@@ -187,6 +192,14 @@ class Ranker:
         self.trending_order = np.argsort(-trending, kind="stable").astype(np.int64)
         self.fallback_order, self.fallback_sources = _interleave(self.popular_order, self.trending_order)
         log.info("fallback trending: %s", self.trending_source)
+        self.live: LiveTrending | None = None
+        if events is not None and live_trending_ttl_s is not None:
+            extras = getattr(bundle, "extras", {}) or {}
+            fitted = extras.get("trending", np.zeros(bundle.n_items, np.float32))  # what log_trending was fitted on
+            self.live = LiveTrending(events, bundle.item_ids, fitted, self.item_static,
+                                     float(bundle.manifest.get("dataset", {}).get("time_max") or 0.0),
+                                     ttl_s=live_trending_ttl_s)
+        self._live_fallback = (0, self.fallback_order, self.fallback_sources)  # (snapshot at_ms, order, sources)
         self._stats_lock = threading.Lock()
         self.degraded = Counter()  # degraded answers by the first word of the reason
 
@@ -291,6 +304,7 @@ class Ranker:
         if h.seen:
             excluded[np.fromiter(h.seen, dtype=np.int64, count=len(h.seen))] = True
         result = RankResult(items=[], bundle_version=b.version, cold_start=not (h.positives or h.negatives))
+        static, fallback_order, fallback_sources = self.item_side()
 
         timeout = self.retrieve_timeout_s
         if deadline is not None:  # leave time to rank what comes back
@@ -321,13 +335,13 @@ class Ranker:
             result.degraded, result.degraded_reason = True, e.reason
             with self._stats_lock:
                 self.degraded[e.reason.split(":", 1)[0]] += 1
-            keep = ~excluded[self.fallback_order]
-            cand = self.fallback_order[keep][: self.num_candidates]
-            sources = [s for s, ok in zip(self.fallback_sources, keep.tolist()) if ok][: self.num_candidates]
+            keep = ~excluded[fallback_order]
+            cand = fallback_order[keep][: self.num_candidates]
+            sources = [s for s, ok in zip(fallback_sources, keep.tolist()) if ok][: self.num_candidates]
             tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)
 
         with tracing.stage("ranking.score"):
-            feats = self._features(self.user_state(h, tt_user), cand)
+            feats = self._features(self.user_state(h, tt_user), cand, static)
             weights, bias = self.weights_for(len(h.positives))
             scores = kernels.linear_score(feats, weights, bias)
             demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
@@ -380,9 +394,25 @@ class Ranker:
             rules=list(notes),
         )
 
-    def _features(self, state: UserState, cand: np.ndarray) -> np.ndarray:
+    def item_side(self) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """(item_static, fallback order, fallback sources): the bundle's, or with the live
+        trending blended in (ranking_svc/live_stats.py) when that is configured."""
+        if self.live is None:
+            return self.item_static, self.fallback_order, self.fallback_sources
+        snap = self.live.get()
+        if snap.at_ms == 0:
+            return snap.item_static, self.fallback_order, self.fallback_sources
+        at_ms, order, sources = self._live_fallback
+        if at_ms != snap.at_ms:  # once per refresh, not per request
+            trending_order = np.argsort(-snap.trending, kind="stable").astype(np.int64)
+            order, sources = _interleave(self.popular_order, trending_order)
+            self._live_fallback = (snap.at_ms, order, sources)
+        return snap.item_static, order, sources
+
+    def _features(self, state: UserState, cand: np.ndarray, static: np.ndarray | None = None) -> np.ndarray:
         b = self.bundle
-        return build_features(state, b.item_embeddings, b.mf_item_factors, b.content, self.item_static, cand)
+        static = self.item_static if static is None else static
+        return build_features(state, b.item_embeddings, b.mf_item_factors, b.content, static, cand)
 
     def _score(self, state: UserState, cand: np.ndarray) -> np.ndarray:
         return kernels.linear_score(self._features(state, cand), self.weights, self.bias)

@@ -232,6 +232,7 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
             retrieve_timeout_s=config.retrieve_timeout_ms / 1000.0,
             history_limit=config.history_limit,
             rules=experiment.variants[0].rules,
+            live_trending_ttl_s=config.live_trending_ttl_s,
         )
         r.warmup()
         return r

@@ -140,10 +140,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     overrides = {"bundle": args.bundle, "host": args.host, "port": args.port, "workers": args.workers,
                  "metrics_port": args.metrics_port, "otel": args.otel}
+    deps = {}
     if args.service == "candidate":
         from candidate_svc.server import create_server
 
+        overrides.update(event_db=args.event_db, event_store_url=args.event_store_url,
+                         live_stats_ttl_s=args.live_stats_ttl_s)
         config = cfg.load(cfg.CandidateConfig, overrides)
+        if config.event_db or config.event_store_url:  # live counts for trending and fresh
+            from ranking_svc.events import open_event_store
+
+            deps["item_stats"] = open_event_store(config.event_db, config.event_store_url)
     else:
         from ranking_svc.server import create_server
 
@@ -151,9 +158,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             candidate_address=args.candidate_address, event_db=args.event_db,
             event_store_url=args.event_store_url,
             retrieve_timeout_ms=args.retrieve_timeout_ms, experiments=args.experiments,
+            live_trending_ttl_s=args.live_stats_ttl_s,
         )
         config = cfg.load(cfg.RankingConfig, overrides)
-    served, _ = create_server(config)
+    served, _ = create_server(config, **deps)
     if config.metrics_port:
         from recsys.metrics import start_http
 
@@ -165,7 +173,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ---- events ----------------------------------------------------------------------------
 def cmd_events_export(args: argparse.Namespace) -> int:
-    from ranking_svc.events import open_event_store
+    import itertools
+
+    from ranking_svc.events import open_event_store, read_archive
     from training.data import load_dataset, save_dataset
     from training.event_log import LoggedEvent, merge_events
 
@@ -173,14 +183,37 @@ def cmd_events_export(args: argparse.Namespace) -> int:
         raise SystemExit("events export: give exactly one of --event-db and --event-store-url")
     store = open_event_store(args.event_db or "", args.event_store_url or "")
     try:
+        # the full log = the compaction archives + what is still online; an event archived
+        # twice (a compaction interrupted between archive and delete) counts once
+        keys: set[str] = set()
+        events = itertools.chain(*(read_archive(a) for a in args.archive or ()), store.all_events())
         logged = (LoggedEvent(e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms)
-                  for e in store.all_events())
+                  for e in events if not (e.idempotency_key in keys or keys.add(e.idempotency_key)))
         merged, report = merge_events(load_dataset(args.data), logged)
     finally:
         store.close()
     save_dataset(merged, args.out)
     print(json.dumps({"out": args.out, "events_merged": report.merged, "skipped": dict(report.skipped),
                       "n_interactions": merged.meta["n_interactions"]}, indent=2))
+    return 0
+
+
+def cmd_events_compact(args: argparse.Namespace) -> int:
+    import time
+
+    from ranking_svc.events import compact, open_event_store
+
+    if bool(args.event_db) == bool(args.event_store_url):
+        raise SystemExit("events compact: give exactly one of --event-db and --event-store-url")
+    if args.keep_days < 0:
+        raise SystemExit("events compact: --keep-days must be >= 0")
+    cutoff_ms = int(time.time() * 1000) - int(args.keep_days * 86_400_000)
+    store = open_event_store(args.event_db or "", args.event_store_url or "")
+    try:
+        moved = compact(store, cutoff_ms, args.archive, args.batch)
+    finally:
+        store.close()
+    print(json.dumps({"archived": moved, "archive": args.archive, "cutoff_ms": cutoff_ms}, indent=2))
     return 0
 
 
@@ -378,9 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--otel", choices=["off", "console", "otlp"],
                     help="OpenTelemetry traces (needs the otel extra; default off)")
     sv.add_argument("--candidate-address", help="ranking only: host:port of candidate_svc")
-    sv.add_argument("--event-db", help="ranking only: SQLite event store path")
+    sv.add_argument("--event-db", help="SQLite event store path (ranking: where events go; candidate: "
+                                       "read for live trending/fresh counts, default off)")
     sv.add_argument("--event-store-url",
-                    help="ranking only: redis://host:port/db, a shared Redis event store instead of --event-db")
+                    help="redis://host:port/db, a shared Redis event store instead of --event-db")
+    sv.add_argument("--live-stats-ttl-s", type=float,
+                    help="re-read the store's online item counters at most this often (default 5)")
     sv.add_argument("--retrieve-timeout-ms", type=int, help="ranking only: Retrieve deadline")
     sv.add_argument("--experiments", help="ranking only: JSON file of re-ranking rules and A/B variants")
     sv.set_defaults(func=cmd_serve)
@@ -446,8 +482,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--event-db", help="a SQLite event store")
     ex.add_argument("--event-store-url", help="or a Redis event store (redis://host:port/db)")
     ex.add_argument("--data", required=True, help="the canonical dataset the events are added to")
+    ex.add_argument("--archive", action="append", metavar="CSV",
+                    help="a `recsys events compact` archive to include (repeatable): the full log is "
+                         "the archives plus the store")
     ex.add_argument("out", help="where the merged dataset is written (replaced if present)")
     ex.set_defaults(func=cmd_events_export)
+    cp = evsub.add_parser("compact", help="move events older than --keep-days to a CSV archive (item stats kept)")
+    cp.add_argument("--event-db", help="a SQLite event store")
+    cp.add_argument("--event-store-url", help="or a Redis event store (redis://host:port/db)")
+    cp.add_argument("--keep-days", type=float, required=True, help="keep events newer than this many days")
+    cp.add_argument("--archive", required=True, help="CSV the old events are appended to")
+    cp.add_argument("--batch", type=int, default=1000, help="events deleted per transaction")
+    cp.set_defaults(func=cmd_events_compact)
 
     rp = sub.add_parser("report", help="click-rate per A/B variant from a ranking event store")
     rp.add_argument("--event-db", required=True, help="the ranking service's SQLite event store")

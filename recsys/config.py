@@ -17,6 +17,9 @@ MAX_CANDIDATES = 2000
 OTEL_MODES = ("off", "console", "otlp")  # recsys.tracing.MODES (kept here: config imports nothing)
 
 
+EVENT_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range; the message names the setting."""
 
@@ -34,6 +37,11 @@ class CandidateConfig:
     grace_s: float = 5.0  # SIGTERM grace period
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
     otel: str = "off"  # OpenTelemetry traces: off, console, otlp (recsys.tracing)
+    # The ranking tier's event store, read for online item counters (trending and fresh
+    # sources; event_store_url wins when both are set); both empty = the bundle's arrays only.
+    event_db: str = ""
+    event_store_url: str = ""
+    live_stats_ttl_s: float = 5.0  # re-read the item counters at most this often
 
     def fractions(self) -> dict[str, float]:
         """`source_fractions` parsed (validate() has checked it)."""
@@ -53,6 +61,11 @@ class CandidateConfig:
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
         _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
         _check(self.otel in OTEL_MODES, "otel", self.otel, "|".join(OTEL_MODES))
+        _check(
+            not self.event_store_url or self.event_store_url.startswith(EVENT_STORE_SCHEMES),
+            "event_store_url", self.event_store_url, "empty (off) or " + " ".join(EVENT_STORE_SCHEMES) + "...",
+        )
+        _check(0.1 <= self.live_stats_ttl_s <= 3600, "live_stats_ttl_s", self.live_stats_ttl_s, "0.1..3600")
         return self
 
 
@@ -78,9 +91,6 @@ def parse_fractions(text: str) -> dict[str, float]:
     return out
 
 
-EVENT_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
-
-
 @dataclass(frozen=True)
 class RankingConfig:
     bundle: str = "var/bundles"
@@ -93,6 +103,7 @@ class RankingConfig:
     event_db: str = "var/events.sqlite3"
     event_store_url: str = ""  # redis://host:port/db: the shared Redis store instead of event_db
     history_limit: int = 200  # recent events read per request
+    live_trending_ttl_s: float = 5.0  # re-read the store's online trending at most this often
     grace_s: float = 5.0
     experiments: str = ""  # JSON file: re-ranking rules and A/B variants ("" = default rules)
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
@@ -114,6 +125,8 @@ class RankingConfig:
             "event_store_url", self.event_store_url, "empty (SQLite) or " + " ".join(EVENT_STORE_SCHEMES) + "...",
         )
         _check(1 <= self.history_limit <= 10_000, "history_limit", self.history_limit, "1..10000")
+        _check(0.1 <= self.live_trending_ttl_s <= 3600, "live_trending_ttl_s", self.live_trending_ttl_s,
+               "0.1..3600")
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
         _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
         _check(self.otel in OTEL_MODES, "otel", self.otel, "|".join(OTEL_MODES))
@@ -132,6 +145,9 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (CandidateConfig, "grace_s"): "RECSYS_GRACE_S",
     (CandidateConfig, "metrics_port"): "RECSYS_METRICS_PORT",
     (CandidateConfig, "otel"): "RECSYS_OTEL",
+    (CandidateConfig, "event_db"): "RECSYS_CANDIDATE_EVENT_DB",
+    (CandidateConfig, "event_store_url"): "RECSYS_CANDIDATE_EVENT_STORE_URL",
+    (CandidateConfig, "live_stats_ttl_s"): "RECSYS_LIVE_STATS_TTL_S",
     (RankingConfig, "bundle"): "RECSYS_BUNDLE",
     (RankingConfig, "host"): "RECSYS_HOST",
     (RankingConfig, "port"): "RECSYS_RANKING_PORT",
@@ -142,6 +158,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "event_db"): "RECSYS_EVENT_DB",
     (RankingConfig, "event_store_url"): "RECSYS_EVENT_STORE_URL",
     (RankingConfig, "history_limit"): "RECSYS_HISTORY_LIMIT",
+    (RankingConfig, "live_trending_ttl_s"): "RECSYS_LIVE_STATS_TTL_S",
     (RankingConfig, "grace_s"): "RECSYS_GRACE_S",
     (RankingConfig, "experiments"): "RECSYS_EXPERIMENTS",
     (RankingConfig, "metrics_port"): "RECSYS_METRICS_PORT",

@@ -36,7 +36,7 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
                 "--mf-iterations", "--seed"],
     ("serve",): ["candidate", "ranking", "--bundle", "--host", "--port", "--port-file",
                  "--workers", "--candidate-address", "--event-db", "--event-store-url", "--retrieve-timeout-ms",
-                 "--metrics-port"],
+                 "--metrics-port", "--live-stats-ttl-s"],
     ("recommend",): ["--address", "--user", "--k", "--age", "--gender", "--region", "--timeout"],
     ("loadtest",): ["--address", "--bundle", "--mix", "--concurrency", "--rate", "--sweep", "--duration",
                     "--requests", "--warmup", "--processes", "--json", "--png", "--k"],
@@ -45,8 +45,9 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("demo",): ["--workdir", "--users", "--items"],
     ("catalog-update",): ["--bundle", "--data", "--out"],
     ("report",): ["--event-db"],
-    ("events",): ["export"],
-    ("events", "export"): ["--event-db", "--event-store-url", "--data", "out"],
+    ("events",): ["export", "compact"],
+    ("events", "export"): ["--event-db", "--event-store-url", "--data", "--archive", "out"],
+    ("events", "compact"): ["--event-db", "--event-store-url", "--keep-days", "--archive", "--batch"],
 }
 
 

@@ -39,6 +39,9 @@ PINNED_DEFAULTS = {
         "grace_s": 5.0,
         "metrics_port": 0,
         "otel": "off",
+        "event_db": "",
+        "event_store_url": "",
+        "live_stats_ttl_s": 5.0,
     },
     RankingConfig: {
         "bundle": "var/bundles",
@@ -51,6 +54,7 @@ PINNED_DEFAULTS = {
         "event_db": "var/events.sqlite3",
         "event_store_url": "",
         "history_limit": 200,
+        "live_trending_ttl_s": 5.0,
         "grace_s": 5.0,
         "experiments": "",
         "metrics_port": 0,
@@ -107,6 +111,9 @@ ENV_VALUES = {
     "RECSYS_HISTORY_LIMIT": ("50", 50),
     "RECSYS_EXPERIMENTS": ("/etc/recsys/experiments.json", "/etc/recsys/experiments.json"),
     "RECSYS_OTEL": ("console", "console"),
+    "RECSYS_CANDIDATE_EVENT_DB": ("/data/ev.sqlite3", "/data/ev.sqlite3"),
+    "RECSYS_CANDIDATE_EVENT_STORE_URL": ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
+    "RECSYS_LIVE_STATS_TTL_S": ("2.5", 2.5),
 }
 
 ENV_CASES = [(cls, name, var) for (cls, name), var in ENV_TABLE.items()]
@@ -210,7 +217,7 @@ def test_none_overrides_are_ignored():
 
 @pytest.mark.parametrize(("cls", "key"), [
     (CandidateConfig, "candidate_address"),  # a RankingConfig field
-    (CandidateConfig, "event_db"),
+    (CandidateConfig, "history_limit"),  # a RankingConfig field
     (RankingConfig, "popular_fraction"),  # a CandidateConfig field
     (RankingConfig, "prot"),
 ])
@@ -267,6 +274,11 @@ OUT_OF_RANGE = [
     (RankingConfig, "metrics_port", 70000),
     (CandidateConfig, "otel", "on"),
     (RankingConfig, "otel", "OTLP"),  # exact names only
+    (CandidateConfig, "event_store_url", "127.0.0.1:6379"),
+    (CandidateConfig, "live_stats_ttl_s", 0.0),
+    (CandidateConfig, "live_stats_ttl_s", 3601.0),
+    (RankingConfig, "live_trending_ttl_s", 0.05),
+    (RankingConfig, "live_trending_ttl_s", 3600.5),
 ]
 
 # The values at the very edge of each range are accepted.
@@ -302,6 +314,9 @@ IN_RANGE_EDGES = [
     (RankingConfig, "metrics_port", 65535),
     (CandidateConfig, "otel", "otlp"),
     (RankingConfig, "otel", "console"),
+    (CandidateConfig, "event_store_url", "redis://127.0.0.1:6379/0"),
+    (CandidateConfig, "live_stats_ttl_s", 0.1),
+    (RankingConfig, "live_trending_ttl_s", 3600.0),
 ]
 
 UNVALIDATED = {"bundle", "host", "event_db", "experiments"}  # free text: checked where they are used

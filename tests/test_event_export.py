@@ -82,3 +82,45 @@ def test_train_learns_from_exported_events(base, tiny_dataset, tiny_config, tmp_
     b = load_bundle(train(load_dataset(out), tmp_path / "bundles", config))
     row = b.user_index["loop-user"]  # a user only the event log knew
     assert sorted(b.item_ids[i] for i in b.user_pos.row(row)) == sorted(items)
+
+
+def test_compact_archives_old_events_and_export_reads_archive_plus_store(base, tiny_dataset, tmp_path, capsys):
+    import time
+
+    from ranking_svc.events import read_archive
+
+    items = list(tiny_dataset.items["item_id"][:2])
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    old = [logged(f"old{j}", "compacted-user", items[0], "like", ts=now - (40 + j) * day) for j in range(5)]
+    new = [logged("new0", "compacted-user", items[1], "click", ts=now - day)]
+    db = tmp_path / "ev.sqlite3"
+    store = SQLiteEventStore(db)
+    store.append(old + new)
+    stats_before = store.item_stats(items, now)
+    store.close()
+    archive = tmp_path / "archive" / "events.csv"
+
+    flags = ["--event-db", str(db), "--keep-days", "30", "--archive", str(archive), "--batch", "2"]
+    assert main(["events", "compact", *flags]) == 0
+    assert '"archived": 5' in capsys.readouterr().out
+    assert sorted(read_archive(archive), key=lambda e: e.idempotency_key) == old, "archive must be lossless"
+    store = SQLiteEventStore(db)
+    try:
+        assert [e.idempotency_key for e in store.all_events()] == ["new0"]
+        assert store.item_stats(items, now) == stats_before, "compaction keeps item stats"
+    finally:
+        store.close()
+    assert main(["events", "compact", *flags]) == 0  # nothing older left: the archive is unchanged
+    assert '"archived": 0' in capsys.readouterr().out
+    assert len(list(read_archive(archive))) == 5
+
+    # a second copy of the archive (as after a compaction interrupted before its delete)
+    copy = tmp_path / "copy.csv"
+    copy.write_text(archive.read_text())
+    out = tmp_path / "merged"
+    assert main(["events", "export", "--event-db", str(db), "--archive", str(archive), "--archive", str(copy),
+                 "--data", str(base), str(out)]) == 0
+    assert '"events_merged": 6' in capsys.readouterr().out, "the full log = archive + store, each event once"
+    mine = load_dataset(out).interactions
+    assert (mine["user_id"] == "compacted-user").sum() == 6

@@ -18,6 +18,7 @@ import pytest
 
 from ranking_svc.events import (
     EVENT_TYPES,
+    TRENDING_HALF_LIFE_MS,
     MemoryEventStore,
     SQLiteEventStore,
     StoredEvent,
@@ -117,6 +118,49 @@ class TestEventStoreContract:
         got = list(store.all_events())
         assert sorted(got, key=lambda e: e.timestamp_ms) == batch
 
+    def test_item_stats_known_answer(self, store):
+        day = 86_400_000
+        half = TRENDING_HALF_LIFE_MS
+        t1, t2 = 10 * day, 10 * day + half  # two clicks one half-life apart
+        store.append([
+            event("c1", item="hot", ts=t1), event("c2", item="hot", ts=t2, user="u2"),
+            event("i1", item="hot", ts=t2, event_type="impression"),
+            event("i2", item="hot", ts=t2, event_type="impression", user="u2"),
+            event("i3", item="hot", ts=t2, event_type="impression", user="u3"),
+            event("s1", item="", ts=t2, event_type="search", query="q"),  # no item: no stats
+            event("l1", item="other", ts=t1, event_type="like"),
+            event("d1", item="other", ts=t2, event_type="dislike"),  # neither click nor trending
+        ])
+        store.append([event("c1", item="hot", ts=t2)])  # a duplicate changes nothing
+        now = t2 + 2 * half
+        got = store.item_stats(["hot", "other", "never"], now)
+        # hot: at t2 the value is 0.5 (t1 decayed one half-life) + 1 = 1.5; two half-lives on: 0.375
+        expected_hot = (0.5 + 1.0) * 0.25
+        expected_other = 0.5 ** 3  # one like three half-lives before `now`
+        assert got.clicks == [2.0, 1.0, 0.0]
+        assert got.impressions == [3.0, 0.0, 0.0]
+        assert got.trending == pytest.approx([expected_hot, expected_other, 0.0], rel=1e-9), got.trending
+        assert got.updated_ms == t2
+
+    def test_item_stats_late_event_decays_to_the_newer_time(self, store):
+        half = TRENDING_HALF_LIFE_MS
+        store.append([event("new", item="x", ts=5 * half)])
+        store.append([event("late", item="x", ts=4 * half)])  # arrives after a newer one
+        assert store.item_stats(["x"], 5 * half).trending == pytest.approx([1.5], rel=1e-9)
+        # read before the last update: no growth backwards in time
+        assert store.item_stats(["x"], 0).trending == pytest.approx([1.5], rel=1e-9)
+
+    def test_delete_before_yields_then_removes_old_events_keeping_stats(self, store):
+        store.append([event(f"e{ts}", ts=ts, user=f"u{ts % 3}") for ts in range(1, 11)])
+        before = store.item_stats(["i1"], 20)
+        archived = [e for chunk in store.delete_before(6, batch=2) for e in chunk]
+        assert sorted(e.timestamp_ms for e in archived) == [1, 2, 3, 4, 5]
+        left = sorted(e.timestamp_ms for u in ("u0", "u1", "u2") for e in store.user_events(u, 100))
+        assert left == [6, 7, 8, 9, 10]
+        assert sorted(e.timestamp_ms for e in store.all_events()) == [6, 7, 8, 9, 10]
+        assert store.item_stats(["i1"], 20) == before, "compaction must keep item stats"
+        assert list(store.delete_before(6)) == []
+
     def test_same_key_for_another_user_is_a_duplicate(self, store):
         # the idempotency key alone identifies an event, whoever sends it
         assert store.append([event("k", user="alice")]) == (1, 0)
@@ -175,6 +219,23 @@ class TestSQLiteEventStore:
             assert second.append(batch[:5]) == (0, 5)
         finally:
             second.close()
+
+    def test_store_from_before_item_stats_is_counted_once_on_open(self, tmp_path):
+        path = tmp_path / "events.sqlite3"
+        s = SQLiteEventStore(path)
+        s.append([event("a", ts=10), event("b", ts=10, user="u2"),
+                  event("c", ts=10, event_type="impression")])
+        expected = s.item_stats(["i1"], 10)
+        s.close()
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TABLE item_stats")  # as a store written by the previous version
+        conn.commit()
+        conn.close()
+        for _ in range(2):  # rebuilt on the first open only
+            s = SQLiteEventStore(path)
+            assert s.item_stats(["i1"], 10) == expected
+            s.close()
+        assert expected.clicks == [2.0] and expected.impressions == [1.0]
 
     def test_wal_and_synchronous_full_on_every_connection(self, tmp_path):
         s = SQLiteEventStore(tmp_path / "events.sqlite3")
