@@ -7,7 +7,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 # CI reruns with a clean tree; the stamp re-installs when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test protos install lint clean bench
+.PHONY: demo test protos install lint clean bench audit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# Known vulnerabilities in the installed dependencies; fails on any finding or on a package
+# it cannot audit. Needs the network (PyPI / OSV), so it is not a step of .ci/run.
+audit: $(STAMP)
+	$(VENV)/bin/pip-audit --strict --skip-editable
 
 clean:
 	rm -rf $(VENV) .cache var

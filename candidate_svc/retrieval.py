@@ -50,7 +50,7 @@ from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.item_to_item import ItemToItemSource
 from candidate_svc.sources.ranked import RegionalSource, popular, trending
 from candidate_svc.sources.two_tower import TwoTowerSource
-from recsys.bundle import Bundle
+from recsys.bundle import Bundle, BundleError, check_user_tower
 from recsys.features import USER_FIELDS, UserInput
 
 __all__ = ["Candidates", "Request", "Retriever", "POPULAR", "TWO_TOWER", "DEFAULT_SOURCE_FRACTIONS"]
@@ -99,9 +99,12 @@ class Retriever:
         self.user_tower = ort.InferenceSession(
             str(bundle.file("user_tower.onnx")), opts, providers=["CPUExecutionProvider"]
         )
+        check_user_tower(bundle, self.user_tower)
         self.index = Index.restore(str(bundle.file("index.usearch")), view=True)
         if self.index is None or len(self.index) != bundle.n_items:
-            raise RuntimeError(f"{bundle.path}: index.usearch does not hold {bundle.n_items} items")
+            raise BundleError(f"{bundle.path}: index.usearch does not hold {bundle.n_items} items")
+        if self.index.ndim != bundle.item_embeddings.shape[1]:
+            raise BundleError(f"{bundle.path}: index.usearch dim {self.index.ndim} != {bundle.item_embeddings.shape[1]}")
         self.index.expansion_search = expansion
         # Items added by a catalogue update after training have no id embedding in the user
         # tower: they are left out of its history input (the other sources still use them).
@@ -119,9 +122,13 @@ class Retriever:
         return self.live
 
     def warmup(self) -> None:
-        """Run the whole path once so nothing compiles or allocates lazily on a request."""
+        """Run the whole path once so nothing compiles or allocates lazily on a request
+        (and check what the user tower really returns: a symbolic ONNX dim says nothing)."""
         kernels.warmup()
-        self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])
+        (got,) = self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])
+        dim = self.bundle.item_embeddings.shape[1]
+        if got.user_embedding.shape != (dim,):
+            raise BundleError(f"{self.bundle.path}: user tower returned shape {got.user_embedding.shape}, want ({dim},)")
 
     def embed_users(self, users: Sequence[UserInput]) -> np.ndarray:
         """User-tower embeddings for a batch of users, one onnxruntime call."""

@@ -20,6 +20,8 @@ from recsys.config import MAX_CANDIDATES, CandidateConfig
 from recsys.features import UserInput
 from recsys.grpc_server import Served, build_server
 from recsys.metrics import ServerInterceptor
+from recsys.reload import BundleWatcher, start_watcher
+from recsys.security import ServerSecurity
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
 
 log = logging.getLogger(__name__)
@@ -79,21 +81,24 @@ def encode_candidates(result: Candidates, bundle: Bundle) -> candidate_pb2.Retri
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
     def __init__(self, retriever: Retriever) -> None:
-        self.retriever = retriever
+        self.retriever = retriever  # replaced whole by a hot reload (recsys.reload)
+        self.watcher: BundleWatcher | None = None
 
     def Retrieve(self, request, context):
-        bundle = self.retriever.bundle
+        retriever = self.retriever  # read once: a hot reload swaps it, this call keeps its own
+        bundle = retriever.bundle
         try:
             decoded = decode_retrieve(request, bundle)
         except v.InvalidArgument as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not context.is_active():
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
-        (result,) = self.retriever.retrieve([decoded])
+        (result,) = retriever.retrieve([decoded])
         return encode_candidates(result, bundle)
 
     def RetrieveBatch(self, request, context):
-        bundle = self.retriever.bundle
+        retriever = self.retriever
+        bundle = retriever.bundle
         try:
             v.check_range(len(request.requests), "requests", 1, MAX_BATCH)
             decoded = [decode_retrieve(r, bundle, f"requests[{j}].") for j, r in enumerate(request.requests)]
@@ -101,7 +106,7 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not context.is_active():
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
-        results = self.retriever.retrieve(decoded)
+        results = retriever.retrieve(decoded)
         return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
 
 
@@ -114,11 +119,19 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
     caller: this package may not import ranking_svc); the trending and fresh sources then
     use its live counts."""
     bundle = bundle or load_bundle(config.bundle)
-    retriever = Retriever(bundle, config.popular_fraction, config.ann_expansion, config.fractions())
-    if item_stats is not None:
-        retriever.attach_live_stats(item_stats, config.live_stats_ttl_s)
-    retriever.warmup()
+
+    def make_retriever(b: Bundle) -> Retriever:  # validated and warmed: at start and on hot reload
+        r = Retriever(b, config.popular_fraction, config.ann_expansion, config.fractions())
+        if item_stats is not None:
+            r.attach_live_stats(item_stats, config.live_stats_ttl_s)
+        r.warmup()
+        return r
+
+    retriever = make_retriever(bundle)
     servicer = CandidateServicer(retriever)
+    servicer.watcher = start_watcher(config.bundle, bundle, make_retriever,
+                                     lambda r: setattr(servicer, "retriever", r), config.reload_interval_s,
+                                     "candidate")
     served = build_server(
         config.host,
         config.port,
@@ -127,6 +140,7 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
         [candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name],
         interceptors=[ServerInterceptor("candidate", bundle.version),
                       *tracing.interceptors(tracer or tracing.setup_tracing("recsys-candidate", config.otel))],
+        security=ServerSecurity.from_config(config),
     )
     log.info("candidate service: bundle %s, %d items, live source stats %s", bundle.version, bundle.n_items,
              "on" if item_stats is not None else "off")

@@ -276,11 +276,14 @@ class SQLiteEventStore:
     def user_events(self, user_id: str, limit: int) -> list[StoredEvent]:
         if limit < 1:
             return []
-        rows = self._reader().execute(
-            "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query, variant"
-            " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC, seq DESC LIMIT ?",
-            (user_id, limit),
-        ).fetchall()
+        try:
+            rows = self._reader().execute(
+                "SELECT idempotency_key, user_id, item_id, event_type, value, timestamp_ms, query, variant"
+                " FROM events WHERE user_id = ? ORDER BY timestamp_ms DESC, seq DESC LIMIT ?",
+                (user_id, limit),
+            ).fetchall()
+        except sqlite3.Error as e:  # Recommend answers UNAVAILABLE, as with Redis
+            raise EventStoreUnavailable(f"sqlite: {type(e).__name__}: {e}") from None
         return [StoredEvent(*row) for row in rows]
 
     def all_events(self) -> Iterator[StoredEvent]:

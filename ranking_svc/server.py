@@ -17,16 +17,26 @@ from typing import Sequence
 import grpc
 import numpy as np
 
+from ranking_svc.breaker import BreakerCandidateSource, CircuitBreaker
 from ranking_svc.events import EventStore, EventStoreUnavailable, StoredEvent, open_event_store
 from ranking_svc.experiments import Experiment, load_experiment, single_variant
-from ranking_svc.ranker import CandidateList, CandidateUnavailable, Demographics, Explanation, Ranker
+from ranking_svc.ranker import (
+    CandidateList,
+    CandidateSource,
+    CandidateUnavailable,
+    Demographics,
+    Explanation,
+    Ranker,
+)
 from recsys import tracing
 from recsys import validation as v
-from recsys.bundle import Bundle, load_bundle
+from recsys.bundle import Bundle, check_user_tower, load_bundle
 from recsys.config import MAX_K, RankingConfig
 from recsys.grpc_server import MAX_MESSAGE_BYTES, Served, build_server, client_channel_options
 from recsys.logs import outgoing_metadata
 from recsys.metrics import ServerInterceptor
+from recsys.reload import BundleWatcher, start_watcher
+from recsys.security import ServerSecurity, channel_credentials
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -51,15 +61,16 @@ EVENT_NAMES = {
 class GrpcCandidateSource:
     """CandidateSource over a real gRPC channel to candidate_svc."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                *client_channel_options(),  # round_robin over candidate replicas, health-checked
-            ],
-        )
+    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None = None, token: str = "") -> None:
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *client_channel_options(),  # round_robin over candidate replicas, health-checked
+        ]
+        # TLS / mTLS to the candidate tier when configured (recsys.security)
+        self.channel = (grpc.insecure_channel(address, options=options) if credentials is None
+                        else grpc.secure_channel(address, credentials, options=options))
+        self.auth = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = candidate_pb2_grpc.CandidateServiceStub(self.channel)
 
     def fetch(
@@ -88,7 +99,7 @@ class GrpcCandidateSource:
         try:
             with tracing.client_call("/recsys.v1.CandidateService/Retrieve") as traceparent:
                 response = self.stub.Retrieve(request, timeout=timeout_s,
-                                              metadata=(*outgoing_metadata(), *traceparent))
+                                              metadata=(*outgoing_metadata(), *traceparent, *self.auth))
         except grpc.RpcError as e:
             raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
         return CandidateList(
@@ -151,7 +162,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.ranker = ranker
         self.events = events
         self.experiment = experiment or single_variant(ranker.rules)
-        self.rankers = {"": ranker, **(rankers or {})}
+        self.rankers = {"": ranker, **(rankers or {})}  # replaced whole by a hot reload (recsys.reload)
+        self.watcher: BundleWatcher | None = None
 
     def Recommend(self, request, context):
         try:
@@ -220,10 +232,18 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
     `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says)."""
     bundle = bundle or load_bundle(config.bundle)
     events = open_event_store(config.event_db, config.event_store_url)
-    source = GrpcCandidateSource(config.candidate_address)
+    source: CandidateSource = GrpcCandidateSource(
+        config.candidate_address,
+        channel_credentials(config.candidate_tls_ca, config.candidate_tls_cert, config.candidate_tls_key),
+        config.candidate_token,
+    )
+    if config.breaker_failures:
+        source = BreakerCandidateSource(source, CircuitBreaker(config.breaker_failures,
+                                                               config.breaker_cooldown_ms / 1000.0))
     experiment = load_experiment(config.experiments)
 
     def make_ranker(b: Bundle) -> Ranker:
+        check_user_tower(b)  # the candidate tier runs it; this tier must not take a version that one refuses
         r = Ranker(
             b,
             source,
@@ -240,6 +260,13 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
     ranker = make_ranker(bundle)
     rankers = {p: make_ranker(load_bundle(p)) for p in {v.bundle for v in experiment.variants} if p}
     servicer = RankingServicer(ranker, events, experiment, rankers)
+
+    def swap(r: Ranker) -> None:  # one assignment: Recommend reads self.rankers once per call
+        servicer.ranker = r
+        servicer.rankers = {**servicer.rankers, "": r}
+
+    # hot reload of the served bundle (variants pinned to their own bundle path stay as they are)
+    servicer.watcher = start_watcher(config.bundle, bundle, make_ranker, swap, config.reload_interval_s, "ranking")
     log.info("experiment: %s", ", ".join(f"{v.name}={v.share:g}" for v in experiment.variants))
     served = build_server(
         config.host,
@@ -249,6 +276,7 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
         [ranking_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name],
         interceptors=[ServerInterceptor("ranking", bundle.version),
                       *tracing.interceptors(tracer or tracing.setup_tracing("recsys-ranking", config.otel))],
+        security=ServerSecurity.from_config(config),
     )
     log.info("ranking service: bundle %s, candidates at %s, events in %s", bundle.version,
              config.candidate_address, "redis" if config.event_store_url else config.event_db)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.features import FeatureSpec
+from recsys.features import USER_FIELDS, FeatureSpec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -223,6 +223,39 @@ def _check_shapes(b: Bundle) -> None:
     dim = int(b.manifest["two_tower"]["dim"])
     if b.item_embeddings.shape[1] != dim:
         raise BundleError(f"{b.path}: item_embeddings dim {b.item_embeddings.shape[1]} != {dim}")
+
+
+def check_user_tower(bundle: Bundle, session: Any = None) -> None:
+    """The ONNX user tower takes the inputs recsys.features encodes (names, and the fixed
+    dims: history length, user fields) and returns the manifest's embedding dim; raises
+    BundleError naming what differs. Both services run it before a bundle serves (at start
+    and on hot reload), so the tiers accept or refuse a version alike. `session`: an
+    onnxruntime.InferenceSession already open on the file (else one is opened here)."""
+    if session is None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(bundle.file("user_tower.onnx")), opts,
+                                           providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for an unreadable model
+            raise BundleError(f"{bundle.path}: user_tower.onnx does not load: {e}") from None
+    h, dim = bundle.spec.history_length, int(bundle.manifest["two_tower"]["dim"])
+    want = {"hist_items": h, "hist_mask": h, "user_cats": len(USER_FIELDS)}
+    got = {i.name: i.shape for i in session.get_inputs()}
+    if set(got) != set(want):
+        raise BundleError(f"{bundle.path}: user_tower.onnx inputs {sorted(got)} != {sorted(want)}")
+    for name, width in want.items():
+        shape = got[name]
+        if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != width):
+            raise BundleError(f"{bundle.path}: user_tower.onnx input {name} shape {shape}, want [batch, {width}]")
+    outputs = session.get_outputs()
+    if not outputs:
+        raise BundleError(f"{bundle.path}: user_tower.onnx has no output")
+    shape = outputs[0].shape
+    if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != dim):
+        raise BundleError(f"{bundle.path}: user_tower.onnx output {outputs[0].name} shape {shape}, want [batch, {dim}]")
 
 
 def new_version_name(fingerprint: str, now: dt.datetime | None = None) -> str:

@@ -139,7 +139,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from recsys.grpc_server import run_until_signal
 
     overrides = {"bundle": args.bundle, "host": args.host, "port": args.port, "workers": args.workers,
-                 "metrics_port": args.metrics_port, "otel": args.otel}
+                 "metrics_port": args.metrics_port, "otel": args.otel,
+                 "reload_interval_s": args.reload_interval_s,
+                 "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+                 "auth_tokens": args.auth_tokens, "reflection": args.reflection, "health_port": args.health_port}
     deps = {}
     if args.service == "candidate":
         from candidate_svc.server import create_server
@@ -158,7 +161,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             candidate_address=args.candidate_address, event_db=args.event_db,
             event_store_url=args.event_store_url,
             retrieve_timeout_ms=args.retrieve_timeout_ms, experiments=args.experiments,
-            live_trending_ttl_s=args.live_stats_ttl_s,
+            live_trending_ttl_s=args.live_stats_ttl_s, candidate_tls_ca=args.candidate_tls_ca,
+            candidate_tls_cert=args.candidate_tls_cert, candidate_tls_key=args.candidate_tls_key,
         )
         config = cfg.load(cfg.RankingConfig, overrides)
     served, _ = create_server(config, **deps)
@@ -417,8 +421,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="redis://host:port/db, a shared Redis event store instead of --event-db")
     sv.add_argument("--live-stats-ttl-s", type=float,
                     help="re-read the store's online item counters at most this often (default 5)")
+    sv.add_argument("--reload-interval-s", type=float,
+                    help="poll the bundle root's LATEST this often and hot-swap a new valid version (0 = off)")
     sv.add_argument("--retrieve-timeout-ms", type=int, help="ranking only: Retrieve deadline")
     sv.add_argument("--experiments", help="ranking only: JSON file of re-ranking rules and A/B variants")
+    sec = sv.add_argument_group("security (all off by default; docs/RELIABILITY.md)")
+    sec.add_argument("--tls-cert", help="PEM certificate chain: serve the main port over TLS")
+    sec.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    sec.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    sec.add_argument("--auth-tokens", help="JSON file token -> allowed methods: require a bearer token")
+    sec.add_argument("--reflection", action="store_true", default=None, help="enable gRPC server reflection (dev)")
+    sec.add_argument("--health-port", type=int, help="also serve grpc.health.v1 alone, plaintext, on this port")
+    sec.add_argument("--candidate-tls-ca", help="ranking only: PEM CA of the candidate tier (TLS to it)")
+    sec.add_argument("--candidate-tls-cert", help="ranking only: client certificate for mTLS to the candidate tier")
+    sec.add_argument("--candidate-tls-key", help="ranking only: private key of --candidate-tls-cert")
     sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("recommend", help="ask a running ranking service for a list")

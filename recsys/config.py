@@ -25,7 +25,37 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class CandidateConfig:
+class SecuritySettings:
+    """Both services (recsys.security; all off by default, see docs/RELIABILITY.md)."""
+
+    tls_cert: str = ""  # PEM certificate chain: the main port speaks TLS
+    tls_key: str = ""  # its PEM private key
+    tls_client_ca: str = ""  # PEM CA: clients must present a certificate it signed (mTLS)
+    auth_tokens: str = ""  # JSON file token -> allowed methods; "" = no token auth
+    reflection: bool = False  # gRPC server reflection (dev and tests; it maps the API for anyone)
+    health_port: int = 0  # grpc.health.v1 alone on this plaintext port (probes under TLS); 0 = off
+
+    def _check_security(self) -> None:
+        # the files (and which go together) are checked where they are read, at server start
+        _check(0 <= self.health_port <= 65535, "health_port", self.health_port, "0 (off)..65535")
+
+
+@dataclass(frozen=True)
+class CandidateChannelSettings:
+    """The ranking tier's channel to the candidate tier (recsys.security)."""
+
+    candidate_tls_ca: str = ""  # PEM CA the candidate tier's certificate must chain to; "" = plaintext
+    candidate_tls_cert: str = ""  # client certificate for mTLS to the candidate tier
+    candidate_tls_key: str = ""  # its private key
+    candidate_token: str = ""  # bearer token sent to the candidate tier when it checks tokens
+
+    def _check_candidate_channel(self) -> None:
+        _check(not any(c.isspace() or ord(c) < 32 for c in self.candidate_token), "candidate_token",
+               "<redacted>", "no whitespace or control characters")
+
+
+@dataclass(frozen=True)
+class CandidateConfig(SecuritySettings):
     bundle: str = "var/bundles"
     host: str = "127.0.0.1"
     port: int = 50051
@@ -42,12 +72,14 @@ class CandidateConfig:
     event_db: str = ""
     event_store_url: str = ""
     live_stats_ttl_s: float = 5.0  # re-read the item counters at most this often
+    reload_interval_s: float = 0.0  # poll the bundle root's LATEST this often (recsys.reload); 0 = off
 
     def fractions(self) -> dict[str, float]:
         """`source_fractions` parsed (validate() has checked it)."""
         return parse_fractions(self.source_fractions)
 
     def validate(self) -> "CandidateConfig":
+        self._check_security()
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
         _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
         _check(0.0 <= self.popular_fraction <= 1.0, "popular_fraction", self.popular_fraction, "0..1")
@@ -66,6 +98,7 @@ class CandidateConfig:
             "event_store_url", self.event_store_url, "empty (off) or " + " ".join(EVENT_STORE_SCHEMES) + "...",
         )
         _check(0.1 <= self.live_stats_ttl_s <= 3600, "live_stats_ttl_s", self.live_stats_ttl_s, "0.1..3600")
+        _check_reload(self.reload_interval_s)
         return self
 
 
@@ -92,7 +125,7 @@ def parse_fractions(text: str) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class RankingConfig:
+class RankingConfig(CandidateChannelSettings, SecuritySettings):
     bundle: str = "var/bundles"
     host: str = "127.0.0.1"
     port: int = 50052
@@ -108,8 +141,15 @@ class RankingConfig:
     experiments: str = ""  # JSON file: re-ranking rules and A/B variants ("" = default rules)
     metrics_port: int = 0  # Prometheus /metrics on host:metrics_port; 0 = no endpoint
     otel: str = "off"  # OpenTelemetry traces: off, console, otlp (recsys.tracing)
+    reload_interval_s: float = 0.0  # poll the bundle root's LATEST this often (recsys.reload); 0 = off
+    # Circuit breaker in front of the candidate tier (ranking_svc/breaker.py): open after this
+    # many consecutive failed Retrieve calls (0 = no breaker), probe again after the cooldown.
+    breaker_failures: int = 5
+    breaker_cooldown_ms: int = 2000
 
     def validate(self) -> "RankingConfig":
+        self._check_security()
+        self._check_candidate_channel()
         _check(1 <= self.port <= 65535 or self.port == 0, "port", self.port, "0..65535")
         _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
         _check(":" in self.candidate_address, "candidate_address", self.candidate_address, "host:port")
@@ -130,7 +170,15 @@ class RankingConfig:
         _check(0 <= self.grace_s <= 300, "grace_s", self.grace_s, "0..300")
         _check(0 <= self.metrics_port <= 65535, "metrics_port", self.metrics_port, "0..65535")
         _check(self.otel in OTEL_MODES, "otel", self.otel, "|".join(OTEL_MODES))
+        _check_reload(self.reload_interval_s)
+        _check(0 <= self.breaker_failures <= 1000, "breaker_failures", self.breaker_failures, "0 (off)..1000")
+        _check(10 <= self.breaker_cooldown_ms <= 600_000, "breaker_cooldown_ms", self.breaker_cooldown_ms,
+               "10..600000")
         return self
+
+
+def _check_reload(interval_s: float) -> None:
+    _check(interval_s == 0 or 0.1 <= interval_s <= 3600, "reload_interval_s", interval_s, "0 (off) or 0.1..3600")
 
 
 # (config class, field) -> environment variable
@@ -148,6 +196,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (CandidateConfig, "event_db"): "RECSYS_CANDIDATE_EVENT_DB",
     (CandidateConfig, "event_store_url"): "RECSYS_CANDIDATE_EVENT_STORE_URL",
     (CandidateConfig, "live_stats_ttl_s"): "RECSYS_LIVE_STATS_TTL_S",
+    (CandidateConfig, "reload_interval_s"): "RECSYS_RELOAD_INTERVAL_S",
     (RankingConfig, "bundle"): "RECSYS_BUNDLE",
     (RankingConfig, "host"): "RECSYS_HOST",
     (RankingConfig, "port"): "RECSYS_RANKING_PORT",
@@ -163,7 +212,15 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "experiments"): "RECSYS_EXPERIMENTS",
     (RankingConfig, "metrics_port"): "RECSYS_METRICS_PORT",
     (RankingConfig, "otel"): "RECSYS_OTEL",
+    (RankingConfig, "reload_interval_s"): "RECSYS_RELOAD_INTERVAL_S",
+    (RankingConfig, "breaker_failures"): "RECSYS_BREAKER_FAILURES",
+    (RankingConfig, "breaker_cooldown_ms"): "RECSYS_BREAKER_COOLDOWN_MS",
 }
+
+
+for _cls in (CandidateConfig, RankingConfig):  # security settings: one variable for both services
+    ENV_TABLE.update({(_cls, f.name): f"RECSYS_{f.name.upper()}" for f in fields(SecuritySettings)})
+ENV_TABLE.update({(RankingConfig, f.name): f"RECSYS_{f.name.upper()}" for f in fields(CandidateChannelSettings)})
 
 
 def load(cls: type, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None):
@@ -197,6 +254,13 @@ def env_help(cls: type) -> str:
 
 
 def _parse(name: str, var: str, raw: str, kind: type) -> Any:
+    if kind is bool:  # bool("0") is True: spell the accepted words out
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: {var}={raw!r} is not a valid bool (1/0, true/false, yes/no, on/off)")
     try:
         return kind(raw)
     except ValueError:

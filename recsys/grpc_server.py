@@ -20,6 +20,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsys.rpc_guard import GuardInterceptor
+from recsys.security import ServerSecurity
+
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -54,6 +57,14 @@ class Served:
     port: int
     health: health.HealthServicer
     service_names: tuple[str, ...]
+    # health alone on a plaintext port (ServerSecurity.health_port), for probes under TLS
+    health_server: grpc.Server | None = None
+    health_port: int = 0
+
+    def start(self) -> None:
+        self.server.start()
+        if self.health_server is not None:
+            self.health_server.start()
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -68,6 +79,8 @@ class Served:
         """Health NOT_SERVING first (load balancers drain), then finish in-flight calls."""
         self.set_serving(False)
         self.server.stop(grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
 
 def build_server(
@@ -77,14 +90,18 @@ def build_server(
     register: Iterable[Callable[[grpc.Server], None]],
     service_names: Iterable[str],
     interceptors: Iterable[grpc.ServerInterceptor] = (),
+    security: ServerSecurity | None = None,
 ) -> Served:
     """A grpc.Server with the given servicers, health (NOT_SERVING until the caller says
-    so) and reflection, bound to host:port (port 0 = a free port). `interceptors`: e.g.
+    so) and reflection when `security` says so, bound to host:port (port 0 = a free port)
+    over TLS when `security` has a certificate. `interceptors`: e.g.
     recsys.metrics.ServerInterceptor (metrics, request id, access log)."""
+    security = security or ServerSecurity()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
         maximum_concurrent_rpcs=workers * 16,
-        interceptors=list(interceptors),
+        # the guard goes innermost, so the metrics interceptor sees the code it sets
+        interceptors=[*interceptors, *security.interceptors(), GuardInterceptor()],
         options=[
             ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -97,14 +114,27 @@ def build_server(
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
-    reflection.enable_server_reflection(
-        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.reflection:  # off by default outside dev: it maps the API for anyone
+        reflection.enable_server_reflection(
+            (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+    credentials = security.credentials()
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
-    served = Served(server, bound, health_servicer, names)
+    health_server, health_port = None, 0
+    if security.health_port:
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+                                    interceptors=[GuardInterceptor()], options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)  # same statuses
+        health_port = health_server.add_insecure_port(f"{host}:{security.health_port}")
+        if health_port == 0:
+            raise OSError(f"could not bind health port {host}:{security.health_port}")
+    served = Served(server, bound, health_servicer, names, health_server, health_port)
     served.set_serving(False)
     return served
 
@@ -112,7 +142,7 @@ def build_server(
 def run_until_signal(served: Served, grace_s: float, port_file: str | None = None) -> None:
     """Start, mark SERVING, write the port file (for tests and scripts), and block until
     SIGTERM/SIGINT; then drain and stop."""
-    served.server.start()
+    served.start()
     served.set_serving(True)
     if port_file:
         tmp = Path(port_file + ".tmp")

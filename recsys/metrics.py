@@ -12,6 +12,7 @@ Names follow go-grpc-prometheus (what dashboards for gRPC services already expec
     recsys_event_write_seconds                 LogEvents accepted: validation + durable commit
     recsys_events_total{outcome}               events stored / duplicates
     recsys_bundle_info{service,version}        1 for the bundle this process serves
+    recsys_bundle_reload_total{service,result} hot reloads of a new bundle version (success / failure)
 
 The interceptor also binds the request id (recsys.logs) for the call, from the caller's
 `x-request-id` metadata or a new one, and writes one access-log line per call at DEBUG on
@@ -62,6 +63,8 @@ class Metrics:
                               registry=registry)
         self.bundle = Gauge("recsys_bundle_info", "The bundle version this process serves.", ("service", "version"),
                             registry=registry)
+        self.reload = Counter("recsys_bundle_reload_total", "Hot reloads of a new bundle version, by result.",
+                              ("service", "result"), registry=registry)
 
 
 _default: Metrics | None = None

@@ -27,6 +27,9 @@ CONFIGS = [CandidateConfig, RankingConfig]
 # ------------------------------------------------------------------------------ defaults
 
 # Changing a default changes how every deployment behaves: do it here on purpose.
+SECURITY_DEFAULTS = {  # all off: plaintext, no tokens, no reflection, health on the main port
+    "tls_cert": "", "tls_key": "", "tls_client_ca": "", "auth_tokens": "", "reflection": False, "health_port": 0,
+}
 PINNED_DEFAULTS = {
     CandidateConfig: {
         "bundle": "var/bundles",
@@ -42,6 +45,8 @@ PINNED_DEFAULTS = {
         "event_db": "",
         "event_store_url": "",
         "live_stats_ttl_s": 5.0,
+        "reload_interval_s": 0.0,
+        **SECURITY_DEFAULTS,
     },
     RankingConfig: {
         "bundle": "var/bundles",
@@ -59,6 +64,14 @@ PINNED_DEFAULTS = {
         "experiments": "",
         "metrics_port": 0,
         "otel": "off",
+        "reload_interval_s": 0.0,
+        "breaker_failures": 5,
+        "breaker_cooldown_ms": 2000,
+        **SECURITY_DEFAULTS,
+        "candidate_tls_ca": "",
+        "candidate_tls_cert": "",
+        "candidate_tls_key": "",
+        "candidate_token": "",
     },
 }
 
@@ -114,6 +127,19 @@ ENV_VALUES = {
     "RECSYS_CANDIDATE_EVENT_DB": ("/data/ev.sqlite3", "/data/ev.sqlite3"),
     "RECSYS_CANDIDATE_EVENT_STORE_URL": ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
     "RECSYS_LIVE_STATS_TTL_S": ("2.5", 2.5),
+    "RECSYS_RELOAD_INTERVAL_S": ("10", 10.0),
+    "RECSYS_BREAKER_FAILURES": ("3", 3),
+    "RECSYS_BREAKER_COOLDOWN_MS": ("500", 500),
+    "RECSYS_TLS_CERT": ("/etc/recsys/tls.crt", "/etc/recsys/tls.crt"),
+    "RECSYS_TLS_KEY": ("/etc/recsys/tls.key", "/etc/recsys/tls.key"),
+    "RECSYS_TLS_CLIENT_CA": ("/etc/recsys/ca.crt", "/etc/recsys/ca.crt"),
+    "RECSYS_AUTH_TOKENS": ("/etc/recsys/tokens.json", "/etc/recsys/tokens.json"),
+    "RECSYS_REFLECTION": ("true", True),
+    "RECSYS_HEALTH_PORT": ("8086", 8086),
+    "RECSYS_CANDIDATE_TLS_CA": ("/etc/recsys/cand-ca.crt", "/etc/recsys/cand-ca.crt"),
+    "RECSYS_CANDIDATE_TLS_CERT": ("/etc/recsys/client.crt", "/etc/recsys/client.crt"),
+    "RECSYS_CANDIDATE_TLS_KEY": ("/etc/recsys/client.key", "/etc/recsys/client.key"),
+    "RECSYS_CANDIDATE_TOKEN": ("s3cr3t-token", "s3cr3t-token"),
 }
 
 ENV_CASES = [(cls, name, var) for (cls, name), var in ENV_TABLE.items()]
@@ -279,6 +305,15 @@ OUT_OF_RANGE = [
     (CandidateConfig, "live_stats_ttl_s", 3601.0),
     (RankingConfig, "live_trending_ttl_s", 0.05),
     (RankingConfig, "live_trending_ttl_s", 3600.5),
+    (CandidateConfig, "reload_interval_s", 0.05),
+    (RankingConfig, "reload_interval_s", 3601.0),
+    (RankingConfig, "breaker_failures", -1),
+    (RankingConfig, "breaker_failures", 1001),
+    (RankingConfig, "breaker_cooldown_ms", 9),
+    (RankingConfig, "breaker_cooldown_ms", 600_001),
+    (CandidateConfig, "health_port", 65536),
+    (RankingConfig, "health_port", -1),
+    (RankingConfig, "candidate_token", "has space"),
 ]
 
 # The values at the very edge of each range are accepted.
@@ -317,9 +352,16 @@ IN_RANGE_EDGES = [
     (CandidateConfig, "event_store_url", "redis://127.0.0.1:6379/0"),
     (CandidateConfig, "live_stats_ttl_s", 0.1),
     (RankingConfig, "live_trending_ttl_s", 3600.0),
+    (CandidateConfig, "reload_interval_s", 0.0),  # off
+    (RankingConfig, "reload_interval_s", 0.1),
+    (RankingConfig, "breaker_failures", 0),  # no breaker
+    (RankingConfig, "breaker_cooldown_ms", 600_000),
 ]
 
-UNVALIDATED = {"bundle", "host", "event_db", "experiments"}  # free text: checked where they are used
+UNVALIDATED = {"bundle", "host", "event_db", "experiments",
+               # files, read (and checked to go together) by recsys.security at server start
+               "tls_cert", "tls_key", "tls_client_ca", "auth_tokens", "candidate_tls_ca", "candidate_tls_cert",
+               "candidate_tls_key", "reflection"}  # free text: checked where they are used
 
 
 def test_out_of_range_table_covers_every_validated_field():

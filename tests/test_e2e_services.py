@@ -22,12 +22,13 @@ K = 10
 @pytest.fixture(scope="module")
 def services(bundle_root, tmp_path_factory):
     logs = tmp_path_factory.mktemp("svc-logs")
-    cand = start_service("candidate", ["--bundle", str(bundle_root)], logs)
+    # --reflection: off by default outside dev; test_health_and_reflection checks it serves
+    cand = start_service("candidate", ["--bundle", str(bundle_root), "--reflection"], logs)
     rank = None
     try:
         rank = start_service(
             "ranking",
-            ["--bundle", str(bundle_root), "--candidate-address", cand.address,
+            ["--bundle", str(bundle_root), "--candidate-address", cand.address, "--reflection",
              "--event-db", str(logs / "events.sqlite3"),
              # generous: these tests check answers, not latency, on a shared 2-core machine;
              # a degraded answer here means the candidate tier broke, not that it was slow
