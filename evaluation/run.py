@@ -14,7 +14,9 @@ Rows of the table:
                each candidate source alone (its own top k after exclusions)
   funnel       candidates -> ranker -> rules, as served
 Plus the same rows on the cold-start slice (each test user cut to their first 3 train
-positives, served as an unknown user whose 3 events are in the event store).
+positives, served as an unknown user whose 3 events are in the event store), and a
+long-tail slice (the main lists scored against only the test items with at most
+TAIL_MAX_POSITIVES train positives).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from training.pipeline import TrainConfig, train
 log = logging.getLogger(__name__)
 
 COLD_ITEMS = 3
+TAIL_MAX_POSITIVES = 5  # long-tail slice: test items with at most this many train positives
 SERVED = "funnel"
 
 
@@ -162,21 +165,25 @@ def run_eval(
     def table_row(recs: dict[str, list[str]], test_sets: dict[str, list[str]]) -> dict[int, dict]:
         return {k: evaluate(recs, test_sets, k, len(item_ids), item_genres, popularity) for k in ks}
 
-    rows = [
-        ("popularity", table_row(timed("popularity", lambda: recommend_ids(pop, matrix, users, kmax)), test)),
-        ("ease", table_row(timed("ease", lambda: recommend_ids(ease, matrix, users, kmax)), test)),
-    ]
+    recs: dict[str, dict[str, list[str]]] = {
+        "popularity": timed("popularity", lambda: recommend_ids(pop, matrix, users, kmax)),
+        "ease": timed("ease", lambda: recommend_ids(ease, matrix, users, kmax)),
+    }
     als = timed("tune_als", lambda: tuned_implicit_als(split, matrix, item_ids, item_genres, popularity))
     if als is not None:
         model, params = als
         tuned["implicit_als"] = params
-        rows.append(("implicit_als", table_row(recommend_ids(model, matrix, users, kmax), test)))
-    rows += [
-        ("wals", table_row(timed("wals", lambda: _factor_recs(bundle, users, kmax)), test)),
-        *[(name, table_row(timed(name, lambda name=name: _source_recs(ranker, retriever, users, times, kmax, demo, name)), test))
-          for name in retriever.sources if name != "popular"],
-        (SERVED, table_row(timed(SERVED, lambda: _funnel_recs(ranker, users, times, kmax, demo)), test)),
-    ]
+        recs["implicit_als"] = recommend_ids(model, matrix, users, kmax)
+    recs["wals"] = timed("wals", lambda: _factor_recs(bundle, users, kmax))
+    for name in retriever.sources:
+        if name != "popular":
+            recs[name] = timed(name, lambda name=name: _source_recs(ranker, retriever, users, times, kmax, demo, name))
+    recs[SERVED] = timed(SERVED, lambda: _funnel_recs(ranker, users, times, kmax, demo))
+    rows = [(name, table_row(r, test)) for name, r in recs.items()]
+    # Long tail: the same lists scored against only the test items with few train positives.
+    tail_test = _long_tail_test(test, split.train[split.train_positive], TAIL_MAX_POSITIVES)
+    tail_rows = [(name, table_row(recs[name], tail_test)) for name in ("popularity", "ease", "wals", "two_tower", SERVED)
+                 if name in recs]
     # The ranker's gain over its best single feature: the same funnel ranked by one feature.
     single = []
     fitted, segments = ranker.weights.copy(), ranker.segments
@@ -203,7 +210,8 @@ def run_eval(
         "ks": list(ks),
         "models": {name: _flat(r) for name, r in all_rows},
         "slices": {"cold": {name: _flat(r) for name, r in cold_rows},
-                   "new_user": {name: _flat(r) for name, r in new_rows}},
+                   "new_user": {name: _flat(r) for name, r in new_rows},
+                   "long_tail": {name: _flat(r) for name, r in tail_rows}},
         "ranker_single_features": {name: _flat(r) for name, r in single},
         "tuned": tuned,
         "timings_s": {**timing, "total": round(time.perf_counter() - started, 2)},
@@ -214,6 +222,7 @@ def run_eval(
         "table": format_table(all_rows, ks),
         "cold_start_table": format_table(cold_rows, ks),
         "new_user_table": format_table(new_rows, ks),
+        "long_tail_table": format_table(tail_rows, ks),
     }
     return report
 
@@ -342,6 +351,15 @@ def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kma
         ("two_tower", table_row(two_tower, test)),
         (SERVED, table_row(funnel, test)),
     ]
+
+
+def _long_tail_test(test: dict[str, list[str]], train_positives: pd.DataFrame, max_positives: int
+                    ) -> dict[str, list[str]]:
+    """Each user's test items with <= `max_positives` positives in train (users left with none
+    drop out): recall@k on it is how much of the long tail the lists reach."""
+    counts = train_positives["item_id"].astype(str).value_counts()
+    out = {u: [i for i in items if int(counts.get(i, 0)) <= max_positives] for u, items in test.items()}
+    return {u: items for u, items in out.items() if items}
 
 
 def _matrix_from(rows: dict[str, list[str]], users: list[str], item_ids: list[str]) -> InteractionMatrix:

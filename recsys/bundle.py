@@ -12,6 +12,9 @@ A bundle root holds immutable version directories and a `LATEST` pointer:
                                   content, popularity, user_pos_{indptr,indices},
                                   user_seen_{indptr,indices}, user_neg_{indptr,indices}
       <version>/catalog.json      item ids, titles, genres, creators, flags, owners
+      <version>/content_vocab.json, content_token_vectors.npy, content_token_idf.npy
+                                  optional: the CBOW token model behind `content`
+                                  (training.content), read only by catalogue updates
       <version>/users.json        known user ids and their demographics
 
 A version directory is written under a temporary name and renamed into place, then LATEST

@@ -61,6 +61,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(
         two_tower=replace(tt, epochs=_given(args.epochs, tt.epochs), seed=args.seed),
         mf=replace(mf, iterations=_given(args.mf_iterations, mf.iterations), factors=_given(args.factors, mf.factors)),
+        content=_given(getattr(args, "content", None), TrainConfig.content),
     )
 
 
@@ -124,6 +125,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report["cold_start_table"])
     print("\nbrand-new users (demographics and region only, no history):")
     print(report["new_user_table"])
+    print("\nlong tail (test items with <= 5 train positives):")
+    print(report["long_tail_table"])
     print(f"\ntuned baselines (on a validation split of train): {json.dumps(report['tuned'])}")
     print(f"\nranker: {json.dumps(report['bundle_manifest']['ranker'])}")
     print(f"timings (s): {json.dumps(report['timings_s'])}")
@@ -379,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--factors", type=int, help="WALS factors")
         x.add_argument("--mf-iterations", type=int, help="WALS iterations")
         x.add_argument("--seed", type=int, default=0)
+        x.add_argument("--content", choices=("multihot", "cbow"),
+                       help="item content vectors (default: TrainConfig.content): genre/tag multi-hot, or plus CBOW")
 
     t = sub.add_parser("train", help="train every model and write a bundle version")
     train_flags(t)

@@ -31,7 +31,7 @@ class ServiceProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait; SIGKILL only if the grace period is blown."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

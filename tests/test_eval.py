@@ -21,6 +21,7 @@ def test_eval_report(tiny_dataset, tiny_config, tmp_path):
     assert any(name.startswith("funnel[only ") for name in report["models"]), "best single feature row missing"
     assert set(report["slices"]["cold"]) == {"popularity", "ease", "two_tower", "funnel"}
     assert set(report["slices"]["new_user"]) == {"popularity", "two_tower", "funnel"}
+    assert set(report["slices"]["long_tail"]) == {"popularity", "ease", "wals", "two_tower", "funnel"}
     assert report["tuned"]["ease_lambda"] in (50.0, 500.0)
     assert report["test_users"] > 100
     tables = [report["models"], report["slices"]["cold"], report["slices"]["new_user"], report["ranker_single_features"]]
@@ -38,3 +39,14 @@ def test_eval_report(tiny_dataset, tiny_config, tmp_path):
     assert "funnel" in report["table"] and "popularity" in report["cold_start_table"]
     write_report(report, tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["bundle"] == report["bundle"]
+
+
+def test_long_tail_keeps_only_test_items_with_few_train_positives():
+    import pandas as pd
+
+    from evaluation.run import _long_tail_test
+
+    train = pd.DataFrame({"item_id": ["a"] * 6 + ["b"] * 5 + ["c"]})
+    test = {"u1": ["a", "b", "c", "d"], "u2": ["a"]}
+    assert _long_tail_test(test, train, 5) == {"u1": ["b", "c", "d"]}, "u2 has no tail item and drops out"
+

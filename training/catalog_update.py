@@ -11,7 +11,9 @@ What new items get, besides their embedding and index entry:
 - zero popularity, trending, regional counts, clicks and impressions (no events yet), zero
   WALS factors (the ranking tier's MF feature is 0 for them until the next training);
 - content vectors with the IDF of the grown catalogue (old rows keep theirs: the drift is
-  one term of the IDF, refreshed at the next training);
+  one term of the IDF, refreshed at the next training); for a `cbow` bundle the multi-hot
+  part so, and the CBOW part from the bundle's token model (training.content: vocabulary,
+  IDF and vectors frozen at training; tokens it does not know are skipped);
 - item_neighbours for the new items from the grown index (old items' neighbour lists are
   kept: new items reach them through the two-tower and fresh sources until retraining).
 
@@ -35,6 +37,7 @@ from usearch.index import Index
 
 from recsys import bundle as bundle_fmt
 from recsys.bundle import Bundle, load_bundle
+from training import content as content_mod
 from training.data import load_dataset
 from training.source_arrays import neighbours
 
@@ -54,6 +57,8 @@ CATALOG_COLUMNS = {
 USER_ARRAYS = ("mf_user_factors", "user_pos_indptr", "user_pos_indices", "user_seen_indptr",
                "user_seen_indices", "user_neg_indptr", "user_neg_indices")
 REWRITTEN = {"index.usearch", "catalog.json", bundle_fmt.MANIFEST}
+# Arrays with one row per token, not per item: copied unchanged, never padded.
+TOKEN_ARRAYS = (content_mod.VECTORS_ARRAY, content_mod.IDF_ARRAY)
 
 
 def embed_new_items(item_tower: Path, features: np.ndarray) -> np.ndarray:
@@ -91,7 +96,7 @@ def update_catalog(bundle_path: str | Path, data: str | Path, out_root: str | Pa
             stem = src.name.removesuffix(".npy")
             if src.name in REWRITTEN or (src.suffix == ".npy" and stem in arrays):
                 continue
-            if src.suffix == ".npy" and stem not in USER_ARRAYS:
+            if src.suffix == ".npy" and stem not in USER_ARRAYS + TOKEN_ARRAYS:
                 w.save_array(stem, _pad_rows(np.load(src), n_old, m))  # another per-item array
             else:
                 shutil.copy2(src, w.path(src.name))
@@ -108,7 +113,7 @@ def _grown_arrays(base: Bundle, new, feats: np.ndarray, emb: np.ndarray, index: 
     out = {
         "item_embeddings": np.vstack([base.item_embeddings, emb]),
         "mf_item_factors": np.vstack([base.mf_item_factors, np.zeros((m, base.mf_item_factors.shape[1]), np.float32)]),
-        "content": np.vstack([base.content, _content_rows(base.content, feats)]),
+        "content": np.vstack([base.content, new_content_rows(base, new, feats)]),
         "popularity": np.concatenate([base.popularity, np.zeros(m, np.float32)]),
     }
     for name in ("trending", "item_clicks", "item_impressions"):
@@ -125,6 +130,22 @@ def _grown_arrays(base: Bundle, new, feats: np.ndarray, emb: np.ndarray, index: 
         out["item_neighbours"] = np.vstack([x["item_neighbours"], near])
         out["item_neighbour_scores"] = np.vstack([x["item_neighbour_scores"], sims])
     return out
+
+
+def new_content_rows(base: Bundle, new, feats: np.ndarray) -> np.ndarray:
+    """Content vectors of the new items, of the base bundle's kind (manifest `content`)."""
+    g = feats.shape[1]
+    kind = base.manifest.get("content", {}).get("kind", "multihot")  # older bundles: multihot
+    if kind == "multihot":
+        return _content_rows(base.content, feats)
+    model = content_mod.TokenModel.load(base.path)
+    if model is None or base.content.shape[1] != g + model.dim:
+        raise bundle_fmt.BundleError(f"{base.path}: content kind {kind!r} without a matching token model")
+    # Old rows' multi-hot part is a positive multiple of their multi-hot row, so its sign
+    # pattern still gives the document frequencies _content_rows needs.
+    multihot = _content_rows(base.content[:, :g], feats)
+    share = float(base.manifest["content"]["cbow"]["multihot_share"])
+    return content_mod.combine(multihot, model.embed(content_mod.catalogue_tokens(new)), share)
 
 
 def _content_rows(content: np.ndarray, feats: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from recsys.ranking_features import (
     disliked_rows,
     item_static,
 )
+from training import content as content_mod
 from training import source_arrays
 from training import two_tower as tt
 from training.data import Dataset, fingerprint, negative_mask, positive_mask
@@ -65,6 +66,9 @@ class IndexParams:
     dtype: str = "f32"
 
 
+CONTENT_KINDS = ("multihot", "cbow")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     two_tower: tt.TwoTowerParams = field(default_factory=tt.TwoTowerParams)
@@ -75,6 +79,12 @@ class TrainConfig:
     ranker_negatives: int = 300  # >= the pool: every pool item is a negative (the served distribution)
     ranker_pool: int = 300  # candidates the ranking tier asks for (RankingConfig.num_candidates)
     parity_tolerance: float = 1e-5
+    content: str = "cbow"  # item content vectors: "multihot" | "cbow" (training.content; ablation there)
+    cbow: content_mod.CBOWParams = field(default_factory=content_mod.CBOWParams)
+
+    def __post_init__(self) -> None:
+        if self.content not in CONTENT_KINDS:
+            raise ValueError(f"content: {self.content!r} is not one of {CONTENT_KINDS}")
 
 
 @dataclass
@@ -278,11 +288,18 @@ def user_embeddings(user_tower_path: Path, spec: FeatureSpec, users: list[UserIn
 
 def content_vectors(item_features: np.ndarray) -> np.ndarray:
     """IDF-weighted genre/tag multi-hot, rows L2-normalised (zero rows stay zero)."""
-    df = item_features.sum(axis=0)
-    idf = np.log((1 + item_features.shape[0]) / (1 + df)) + 1.0
-    v = item_features * idf[None, :]
-    norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return np.ascontiguousarray(v / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+    return content_mod.multihot_vectors(item_features)
+
+
+def item_content(ds: Dataset, item_features: np.ndarray, config: TrainConfig
+                 ) -> tuple[np.ndarray, content_mod.TokenModel | None]:
+    """Content vectors of `config.content` kind, and the CBOW token model when one is used."""
+    multihot = content_vectors(item_features)
+    if config.content == "multihot":
+        return multihot, None
+    docs = content_mod.catalogue_tokens(ds.items)
+    model = content_mod.train_token_model(docs, config.cbow)
+    return content_mod.combine(multihot, model.embed(docs), config.cbow.multihot_share), model
 
 
 def build_index(embeddings: np.ndarray, p: IndexParams, path: Path) -> None:
@@ -445,7 +462,9 @@ def train(
             raise RuntimeError(f"ONNX parity check failed: max |torch - onnx| = {worst:.3g} > {config.parity_tolerance}")
         item_emb = embed_items(w.path("item_tower.onnx"), item_features)
         build_index(item_emb, config.index, w.path("index.usearch"))
-        content = content_vectors(item_features)
+        content, token_model = item_content(ds, item_features, config)
+        if token_model is not None:
+            token_model.save(w.tmp)
         popularity = np.zeros(n_items, dtype=np.float32)
         for p in inter.pos:
             np.add.at(popularity, p, 1.0)
@@ -522,6 +541,13 @@ def train(
             "two_tower": {**tt.params_json(config.two_tower), "losses": towers.losses, **parity},
             "mf": {**asdict(config.mf), "losses": mf_losses},
             "index": {**asdict(config.index), "metric": "cos", "file": "index.usearch"},
+            "content": {
+                "kind": config.content,
+                "dim": int(content.shape[1]),
+                "multihot_dim": int(item_features.shape[1]),
+                **({"cbow": asdict(config.cbow), "vocabulary": len(token_model.vocab)}
+                   if token_model is not None else {}),
+            },
             "ranker": ranker.to_json() if ranker else _default_ranker(),
             "timings_s": {**timings, "total": round(time.perf_counter() - started, 3)},
             "software": _software(),
