@@ -10,6 +10,8 @@ near-identical uploads by one creator are. Cosines with a zero-norm row are 0.
 import numpy as np
 from numba import njit
 
+from .scoring import _row_norms
+
 
 @njit(cache=True)
 def near_duplicate_keep(vectors, title_keys, groups, threshold):
@@ -18,12 +20,7 @@ def near_duplicate_keep(vectors, title_keys, groups, threshold):
     n = vectors.shape[0]
     d = vectors.shape[1]
     V = vectors.astype(np.float64)
-    norms = np.empty(n, dtype=np.float64)
-    for a in range(n):
-        acc = 0.0
-        for t in range(d):
-            acc += V[a, t] * V[a, t]
-        norms[a] = np.sqrt(acc)
+    norms = _row_norms(V)
     keep = np.zeros(n, dtype=np.bool_)
     kept = np.empty(n, dtype=np.int64)
     n_kept = 0

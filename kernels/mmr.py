@@ -11,6 +11,8 @@ are 0. The caller passes finite relevance (e.g. min-max normalised scores).
 import numpy as np
 from numba import njit
 
+from .scoring import _row_norms
+
 
 @njit(cache=True)
 def mmr_order(relevance, vectors, lam, n_select):
@@ -22,12 +24,7 @@ def mmr_order(relevance, vectors, lam, n_select):
     if m == 0:
         return order
     V = vectors.astype(np.float64)
-    norms = np.empty(n, dtype=np.float64)
-    for j in range(n):
-        acc = 0.0
-        for t in range(d):
-            acc += V[j, t] * V[j, t]
-        norms[j] = np.sqrt(acc)
+    norms = _row_norms(V)
     max_sim = np.zeros(n, dtype=np.float64)
     taken = np.zeros(n, dtype=np.bool_)
     for step in range(m):
