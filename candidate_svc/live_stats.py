@@ -28,10 +28,10 @@ import numpy as np
 from candidate_svc.sources import FRESH, TRENDING, Source
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.ranked import trending
+from recsys.trending import decayed
 
 log = logging.getLogger(__name__)
 
-HALF_LIFE_MS = 3 * 86_400_000  # training/source_arrays.TRENDING_HALF_LIFE_S, in ms
 
 
 class ItemStatsReader(Protocol):
@@ -85,9 +85,8 @@ class LiveSourceStats:
             self.refreshes += 1
             if stats.updated_ms == 0 and not any(stats.impressions) and not any(stats.clicks):
                 return  # nothing live yet: the bundle's sources as built
-            age_ms = max(0, now_ms - self.time_max_ms)
             # bundle_trending * 0.5 ** ((now - time_max) / H) + live(now)
-            live_trending = self.trending * 0.5 ** (age_ms / HALF_LIFE_MS) + np.asarray(stats.trending)
+            live_trending = decayed(self.trending, self.time_max_ms, now_ms) + np.asarray(stats.trending)
             if TRENDING in sources:  # the bundle's arrays decide which sources exist
                 sources[TRENDING] = trending(live_trending.astype(np.float32))
             if FRESH in sources and self.created_at is not None:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
+from recsys.trending import TRENDING_HALF_LIFE_MS
+
 EVENT_TYPES = ("impression", "click", "like", "dislike", "watch", "rating", "search")
 POSITIVE_TYPES = ("click", "like", "watch")
 NEGATIVE_TYPES = ("dislike",)
@@ -57,8 +59,6 @@ class StoredEvent:
         return self.event_type not in ("impression", "search")
 
 
-# As training/source_arrays.TRENDING_HALF_LIFE_S (services do not import training/).
-TRENDING_HALF_LIFE_MS = 3 * 86_400_000
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ranking_svc.events import TRENDING_HALF_LIFE_MS, EventStore
+from ranking_svc.events import EventStore
+from recsys.trending import decayed
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class LiveTrending:
         if stats.updated_ms == 0:
             return  # nothing live yet: the bundle's arrays as trained
         # bundle_trending * 0.5 ** ((now - time_max) / H) + live(now)
-        age_ms = max(0, now_ms - self.bundle_time_max_ms)
-        blended = self.bundle_trending * 0.5 ** (age_ms / TRENDING_HALF_LIFE_MS) + np.asarray(stats.trending)
+        blended = decayed(self.bundle_trending, self.bundle_time_max_ms, now_ms) + np.asarray(stats.trending)
         static = self._snapshot.item_static.copy()
         static[:, LOG_TRENDING] = np.log1p(np.maximum(blended, 0.0))
         self._snapshot = TrendingSnapshot(blended, static, now_ms)

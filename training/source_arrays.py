@@ -15,10 +15,11 @@ import pandas as pd
 from usearch.index import Index
 
 from recsys.features import FeatureSpec, UserInput
+from recsys.trending import TRENDING_HALF_LIFE_MS
 from training.data import positive_mask
 
 TRENDING_WINDOW_S = 14 * 86_400  # positives older than this (before the newest) count 0
-TRENDING_HALF_LIFE_S = 3 * 86_400
+TRENDING_HALF_LIFE_S = TRENDING_HALF_LIFE_MS / 1000  # one definition for trainer and tiers
 NEIGHBOURS = 20
 
 
