@@ -11,21 +11,29 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recsys.health import HealthServicer
 from recsys.rpc_guard import GuardInterceptor
 from recsys.security import ServerSecurity
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# After the drain: how long gRPC may take to report the server stopped, and then how long
+# the interpreter may take to exit before the exit watchdog ends the process. A handler
+# thread that never returns (a library fault; see recsys/health.py) would otherwise keep
+# the process alive forever after SIGTERM: concurrent.futures joins its workers at exit.
+STOP_SLACK_S = 5.0
+EXIT_WATCHDOG_S = 10.0
 # Servers close each connection after this long (clients reconnect transparently), so a
 # client balancing over DNS re-resolves and finds replicas added since it connected.
 MAX_CONNECTION_AGE_MS = 300_000
@@ -55,7 +63,7 @@ def single_thread_compute() -> None:
 class Served:
     server: grpc.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     service_names: tuple[str, ...]
     # health alone on a plaintext port (ServerSecurity.health_port), for probes under TLS
     health_server: grpc.Server | None = None
@@ -75,12 +83,18 @@ class Served:
         for name in ("", *self.service_names):
             self.health.set(name, status)
 
-    def stop(self, grace_s: float) -> None:
-        """Health NOT_SERVING first (load balancers drain), then finish in-flight calls."""
-        self.set_serving(False)
-        self.server.stop(grace_s).wait()
+    def stop(self, grace_s: float) -> bool:
+        """Health NOT_SERVING for good and health Watch streams ended (load balancers and
+        our own channels drop this replica at once), then in-flight calls get up to
+        `grace_s` to finish; the rest are cancelled. Bounded: returns False when gRPC has
+        not reported the server stopped STOP_SLACK_S after the grace period."""
+        self.health.drain()
+        stopped = self.server.stop(grace_s).wait(grace_s + STOP_SLACK_S)
         if self.health_server is not None:
-            self.health_server.stop(0).wait()
+            self.health_server.stop(0).wait(STOP_SLACK_S)
+        if not stopped:
+            log.warning("server not stopped %.1fs after the %.1fs grace period", STOP_SLACK_S, grace_s)
+        return bool(stopped)
 
 
 def build_server(
@@ -111,7 +125,7 @@ def build_server(
     )
     for add in register:
         add(server)
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
     if security.reflection:  # off by default outside dev: it maps the API for anyone
@@ -159,5 +173,25 @@ def run_until_signal(served: Served, grace_s: float, port_file: str | None = Non
     signal.signal(signal.SIGINT, on_signal)
     while not done.wait(0.5):  # a timed wait keeps the main thread responsive to signals
         pass
-    served.stop(grace_s)
+    drained = served.stop(grace_s)
     log.info("stopped")
+    arm_exit_watchdog(EXIT_WATCHDOG_S, 0 if drained else 1)
+
+
+def arm_exit_watchdog(after_s: float, code: int) -> threading.Thread:
+    """A daemon thread that ends the process with `code` if it is still alive `after_s`
+    from now, for the exit that normally follows. Everything acknowledged is already
+    durable by then (the event stores commit before they answer), so skipping the
+    remaining interpreter shutdown loses nothing."""
+
+    def fire() -> None:
+        time.sleep(after_s)
+        stuck = [t.name for t in threading.enumerate() if t not in (threading.current_thread(), threading.main_thread())]
+        log.error("exit stuck %.0fs after the drain (threads still running: %s); exiting now",
+                  after_s, ", ".join(stuck) or "none")
+        logging.shutdown()
+        os._exit(code)
+
+    thread = threading.Thread(target=fire, name="exit-watchdog", daemon=True)
+    thread.start()
+    return thread
