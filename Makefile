@@ -32,7 +32,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 # Known vulnerabilities in the installed dependencies; fails on any finding or on a package
-# it cannot audit. Needs the network (PyPI / OSV), so it is not a step of .ci/run.
+# it cannot audit. Needs PyPI's advisory API; .ci/audit runs it in CI wherever that answers.
 audit: $(STAMP)
 	$(VENV)/bin/pip-audit --strict --skip-editable
 
