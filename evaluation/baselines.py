@@ -154,6 +154,15 @@ class Popularity:
         self._matrix = train
         self.order = np.argsort(-train.item_counts(), kind="stable")
 
+    def with_history(self, history: InteractionMatrix) -> "Popularity":
+        """The same global order, excluding the items of `history`'s users (e.g. the cold
+        slice's first 3 items each) rather than their whole train rows."""
+        if self.order is None:
+            raise RuntimeError("Popularity.with_history called before fit")
+        other = Popularity()
+        other._matrix, other.order = history, self.order
+        return other
+
     def recommend(self, user_rows: np.ndarray, k: int) -> np.ndarray:
         if self._matrix is None or self.order is None:
             raise RuntimeError("Popularity.recommend called before fit")
@@ -226,6 +235,9 @@ def recommend_ids(
     Users not in the matrix, or with no train positives, get the popularity list, as a
     cold-start user would. Padding (-1) is dropped, so a list may be shorter than k.
     """
+    fitted = getattr(model, "_matrix", matrix)
+    if fitted is not matrix:  # its rows are other users: it would exclude the wrong histories
+        raise ValueError("matrix: not the matrix the model was fitted on (use with_history for new rows)")
     row_of = {u: r for r, u in enumerate(matrix.user_ids)}
     user_ids = [str(u) for u in user_ids]
     known = [u for u in user_ids if u in row_of and len(matrix.row(row_of[u]))]

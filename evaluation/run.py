@@ -344,7 +344,8 @@ def _cold_start_rows(split, users, times, bundle, source, matrix, ease, pop, kma
     # Baselines see the same 3 items: EASE scores x B, popularity is history-free.
     cold_matrix = _matrix_from(first, cold_users, matrix.item_ids)
     ease_recs = {f"cold::{u}": r for u, r in _ease_rows(ease, cold_matrix, kmax).items()}
-    pop_recs = {f"cold::{u}": r for u, r in recommend_ids(pop, cold_matrix, cold_users, kmax).items()}
+    cold_pop = pop.with_history(cold_matrix)  # the global order, excluding only those 3 items
+    pop_recs = {f"cold::{u}": r for u, r in recommend_ids(cold_pop, cold_matrix, cold_users, kmax).items()}
     return [
         ("popularity", table_row(pop_recs, test)),
         ("ease", table_row(ease_recs, test)),

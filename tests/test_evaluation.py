@@ -374,3 +374,18 @@ def test_top_k_excluding_pads_when_user_has_too_few_eligible_items() -> None:
     m = matrix_from_sets([{0, 1, 2}], 4)
     scores = np.array([[9.0, 8.0, 7.0, 1.0]])
     np.testing.assert_array_equal(top_k_excluding(scores, m, np.array([0]), 3), [[3, -1, -1]])
+
+
+def test_a_model_applied_to_rows_it_was_not_fitted_on_is_refused_and_popularity_takes_new_rows() -> None:
+    """The cold-start slice once scored popularity with the full-train matrix's rows: it
+    excluded each user's whole train history (what the cold protocol hides) and looked
+    better than it was. recommend_ids now refuses that; with_history is the right way."""
+    full = matrix_from_sets([{0, 1, 2, 3}, {0, 1}, {0, 4}], 6)  # popularity order: 0, 1, ...
+    pop = Popularity()
+    pop.fit(full)
+    cold = matrix_from_sets([{0}, {5}, {1}], 6)
+    with pytest.raises(ValueError, match="matrix"):
+        recommend_ids(pop, cold, cold.user_ids, 3)
+    got = recommend_ids(pop.with_history(cold), cold, cold.user_ids, 3)
+    assert got[cold.user_ids[0]] == [full.item_ids[c] for c in (1, 2, 3)], "only item 0 is excluded"
+    assert got[cold.user_ids[1]] == [full.item_ids[c] for c in (0, 1, 2)]
