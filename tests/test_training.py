@@ -140,35 +140,3 @@ def test_listwise_ranker_recovers_known_weights():
     cos = model.weights @ w_true / (np.linalg.norm(model.weights) * np.linalg.norm(w_true))
     assert cos > 0.95, f"listwise fit direction cosine {cos:.3f} <= 0.95"
     assert model.metrics["mrr"] > 2 * (np.log(30) / 30), model.metrics  # random MRR is ~H_30/30
-
-
-def test_a_segment_serves_its_best_single_feature_when_the_fit_ranks_worse_held_out():
-    """Requests whose positive is simply the highest `a` (feature 0) among noise features:
-    with a handful of requests a full fit spreads weight over noise, and on held-out
-    requests `a` alone ranks better; fit_segmented must then serve `a` alone. With plenty of
-    requests and a real two-feature signal it keeps the fitted model. Ties count half, so a
-    constant feature never looks perfect."""
-    from training.ranker import _no_worse_than_one_feature, fit_listwise, listwise_mrr
-
-    assert listwise_mrr(np.zeros(10), np.eye(10)[3], np.zeros(10)) == pytest.approx(1 / 5.5)
-    rng = np.random.default_rng(0)
-
-    def requests(n, w_true, pool=20, noise_features=6):
-        feats, labels, groups = [], [], []
-        for g in range(n):
-            x = rng.standard_normal((pool, 2 + noise_features))
-            feats.append(x)
-            labels.append(np.eye(pool)[int(np.argmax(x[:, :2] @ w_true))])
-            groups.append(np.full(pool, g))
-        return np.vstack(feats), np.concatenate(labels), np.concatenate(groups)
-
-    names = [f"f{j}" for j in range(8)]
-    x, y, g = requests(12, np.array([1.0, 0.0]))
-    fitted = fit_listwise(x, y, g, names)
-    chosen, info = _no_worse_than_one_feature(fitted, x, y, g, names)
-    assert info["served"] == "only f0" and info["best_feature_heldout_mrr"] > info["heldout_mrr"], info
-    assert np.count_nonzero(chosen.weights) == 1 and chosen.weights[0] > 0
-    x, y, g = requests(400, np.array([1.0, 1.0]))
-    fitted = fit_listwise(x, y, g, names)
-    chosen, info = _no_worse_than_one_feature(fitted, x, y, g, names)
-    assert info["served"] == "fitted" and chosen is fitted, info

@@ -62,67 +62,18 @@ def fit_segmented(
     for name, bound in SEGMENTS:
         rows = (n_history >= low) & (n_history <= (bound if bound is not None else np.iinfo(np.int64).max))
         low = (bound if bound is not None else 0) + 1
-        model, choice = pooled, {}
+        model = pooled
         if labels[rows].sum() >= MIN_SEGMENT_POSITIVES and (labels[rows] < 0.5).any():
             model = fit(rows)
-            if groups is not None:
-                model, choice = _no_worse_than_one_feature(model, features[rows], labels[rows], groups[rows], names)
         segments.append({
             "name": name,
             "max_history": bound,
             "weights": [float(w) for w in model.weights],
             "bias": float(model.bias),
-            "metrics": {**model.metrics, **choice, "pooled": model is pooled, "segment_rows": float(rows.sum())},
+            "metrics": {**model.metrics, "pooled": model is pooled, "segment_rows": float(rows.sum())},
         })
     pooled.segments = segments
     return pooled
-
-
-def listwise_mrr(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
-    """Mean over requests of 1 / (1 + candidates scored above the request's positive), a
-    tie counting half (a constant score must not look perfect)."""
-    _, g = np.unique(groups, return_inverse=True)
-    n = int(g.max()) + 1 if len(g) else 0
-    pos_score = np.full(n, np.inf)
-    np.minimum.at(pos_score, g, np.where(labels > 0.5, scores, np.inf))
-    beaten = (scores > pos_score[g]) + 0.5 * ((scores == pos_score[g]) & (labels <= 0.5))
-    above = np.bincount(g, weights=beaten.astype(np.float64), minlength=n)
-    return float(np.mean(1.0 / (1.0 + above))) if n else float("nan")
-
-
-def _no_worse_than_one_feature(
-    model: LinearRanker, x: np.ndarray, y: np.ndarray, groups: np.ndarray, names: list[str], folds: int = 2,
-) -> tuple[LinearRanker, dict[str, object]]:
-    """The fitted model, unless one of its own features alone ranks better on held-out
-    requests (`folds`-fold by request). A segment with little signal (brand-new users: a
-    few hundred positives, demographics only) can fit weights that order candidates worse
-    than popularity does; then popularity (or whichever feature won) is what it serves."""
-    ids = np.unique(groups)
-    fold_of = dict(zip(ids.tolist(), (np.arange(len(ids)) % folds).tolist()))
-    fold = np.array([fold_of[v] for v in groups.tolist()])
-    fitted = single = 0.0
-    per_feature = np.zeros((len(names), 2))  # held-out MRR with sign +1 / -1
-    for k in range(folds):
-        train, test = fold != k, fold == k
-        if not (y[train] > 0.5).any() or not (y[test] > 0.5).any():
-            return model, {}
-        w = fit_listwise(x[train], y[train], groups[train], names).weights
-        fitted += listwise_mrr(x[test] @ w, y[test], groups[test]) / folds
-        for j in range(len(names)):
-            for s, sign in enumerate((1.0, -1.0)):
-                per_feature[j, s] += listwise_mrr(sign * x[test, j], y[test], groups[test]) / folds
-    j, s = np.unravel_index(int(np.argmax(per_feature)), per_feature.shape)
-    single = float(per_feature[j, s])
-    choice: dict[str, object] = {"heldout_mrr": round(fitted, 5), "best_feature": names[j],
-                                 "best_feature_heldout_mrr": round(single, 5)}
-    if single <= fitted:
-        return model, {**choice, "served": "fitted"}
-    # the winning feature alone, scaled so its scores spread like the fitted model's
-    spread = float(np.std(x @ model.weights)) or 1.0
-    weights = np.zeros(len(names), dtype=np.float32)
-    weights[j] = (1.0 if s == 0 else -1.0) * spread / (float(np.std(x[:, j])) or 1.0)
-    only = LinearRanker(list(names), weights, 0.0, {**model.metrics, "mrr": listwise_mrr(x @ weights, y, groups)})
-    return only, {**choice, "served": f"only {names[j]}"}
 
 
 def fit_listwise(
