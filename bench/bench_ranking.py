@@ -3,19 +3,36 @@ the same run, on the same machine, moments apart.
 
   kernels   the fused ranking kernel (kernels.rank_features + kernels.linear_score) at
             100 / 1,000 / 10,000 candidates, against
-              - its NumPy twin (rank_features_numpy + linear_score_numpy), and
-              - a memory-bandwidth floor: the bytes the kernel must touch (gathered item
-                rows, index, features written, scores written) / the copy bandwidth
-                measured here with a large np.copyto (read + write bytes / time).
+              - its NumPy twin (rank_features_numpy + linear_score_numpy),
+              - a memory-bandwidth floor: the bytes the kernel must move / the copy
+                bandwidth measured here with a large np.copyto (read + write bytes / time).
+                Bytes are counted as the hardware moves them: every 64-byte cache line
+                that a gathered row of an item matrix overlaps (from the arrays' real
+                addresses: a 12-byte item_static row still costs a line), the index read,
+                the features and scores written, and the user-side vectors; never the
+                whole matrices,
+              - the dispatch floor: the same two calls to no-op Numba kernels of the same
+                signatures (typing the arguments and boxing a result, no work), which
+                bounds what any kernel can reach at small sizes; "in kernel" is the fused
+                time minus it.
   e2e       (needs --bundle) both services as real processes on loopback, Recommend
             throughput at saturation against a bare two-hop echo chain: two generic gRPC
             servers (bytes in, bytes out; no protos) where the front calls the back, with
             the real payloads of one Recommend (its request, the Retrieve request and
             response it caused, its response); the same client code, concurrency and
-            process layout for both. Then p99 latency in open loop at 50% and 80% of
-            each chain's own saturation throughput.
+            process layout for both. Each round also prints each server process's CPU
+            time per request (from /proc), so the chain's cost splits into its tiers.
+            Then p99 latency in open loop at 50% and 80% of each chain's own saturation
+            throughput.
+
+  inproc    (needs --bundle) the ranking tier's own cost: RankingServicer.Recommend called
+            in process, its Retrieve answered from recorded responses of a real candidate
+            service (same bytes, parsed by the real GrpcCandidateSource; no transport), so
+            the per-request Python work of the ranking side is timed alone; --profile
+            adds a cProfile of it.
 
     .venv/bin/python bench/bench_ranking.py kernels [--items 50000 --repeats 50]
+    .venv/bin/python bench/bench_ranking.py inproc --bundle var/demo/bundles [--profile]
     .venv/bin/python bench/bench_ranking.py e2e --bundle var/demo/bundles [--concurrency 8 --seconds 8]
     .venv/bin/python bench/bench_ranking.py all --bundle var/demo/bundles
 
@@ -41,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+for _blas in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one compute thread, as served
+    os.environ.setdefault(_blas, "1")
 
 import numpy as np  # noqa: E402
 
@@ -73,6 +92,34 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+CACHE_LINE = 64
+
+
+def gathered_lines(matrix: np.ndarray, idx: np.ndarray) -> int:
+    """Distinct 64-byte cache lines overlapped by the rows matrix[idx] (C-contiguous)."""
+    row_bytes = matrix.strides[0]
+    start = matrix.ctypes.data + np.unique(idx).astype(np.int64) * row_bytes
+    first, last = start // CACHE_LINE, (start + matrix.shape[1] * matrix.itemsize - 1) // CACHE_LINE
+    spans = np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())])
+    return len(np.unique(spans))
+
+
+def _noop_kernels():
+    """No-op Numba kernels with rank_features' and linear_score's signatures."""
+    from numba import njit
+
+    @njit(cache=True)
+    def rank_features_noop(tt_user, tt_items, mf_user, mf_items, profile, content, disliked, item_static,
+                           coldness, idx):
+        return idx
+
+    @njit(cache=True)
+    def linear_score_noop(features, weights, bias):
+        return weights
+
+    return rank_features_noop, linear_score_noop
+
+
 def bench_kernels(args: argparse.Namespace) -> dict:
     import kernels
     from recsys.ranking_features import FEATURE_NAMES
@@ -93,8 +140,9 @@ def bench_kernels(args: argparse.Namespace) -> dict:
     print(f"copy bandwidth: {bw / 1e9:.2f} GB/s (np.copyto of 256 MiB, read + write)")
     print(f"catalogue {n_items} items, dims tt {d_tt} mf {d_mf} content {d_c}, {q} disliked, "
           f"{len(FEATURE_NAMES)} features")
+    rf_noop, ls_noop = _noop_kernels()
     header = (f"{'n':>7} {'fused':>10} {'numpy':>10} {'x numpy':>8} {'floor':>10} {'x floor':>8} "
-              f"{'gather':>10} {'x gather':>8}")
+              f"{'dispatch':>10} {'in kernel':>10} {'x floor':>8} {'gather':>10} {'x gather':>8}")
     print(header)
     out = {"copy_bandwidth_gbs": bw / 1e9, "rows": []}
     n_feat = len(FEATURE_NAMES)
@@ -110,23 +158,40 @@ def bench_kernels(args: argparse.Namespace) -> dict:
                                             0.5, idx)
             return kernels.linear_score_numpy(F, weights, 0.1)
 
+        def noop(idx=idx):
+            F = rf_noop(tt_u, tt_items, mf_u, mf_items, profile, content, disliked, static, 0.5, idx)
+            return ls_noop(F, weights, 0.1)
+
         np.testing.assert_allclose(fused(), twin(), atol=1e-4)
         t_fused = _best_time(fused, args.repeats)
-        t_numpy = _best_time(twin, max(5, args.repeats // 5))
-        # bytes the fused pass must touch: gathered rows + index read, features + scores written
-        touched = len(idx) * ((d_tt + d_mf + d_c + 3) * 4 + 8 + n_feat * 4 + 4) + (q + 3) * d_c * 4
+        t_numpy = _best_time(twin, args.repeats)  # as many tries as the fused kernel: no bias in the min
+        t_dispatch = _best_time(noop, args.repeats)
+        # bytes the fused pass must move: the cache lines of the gathered rows, the index
+        # read, features + scores written, the user-side vectors read
+        touched = (CACHE_LINE * sum(gathered_lines(m, idx) for m in (tt_items, mf_items, content, static))
+                   + len(idx) * (8 + n_feat * 4 + 4) + (d_tt + d_mf + (q + 1) * d_c + n_feat) * 4)
         floor = touched / bw
+        # the same without rounding rows up to cache lines (exact row bytes), for comparison
+        row_bytes = (len(idx) * ((d_tt + d_mf + d_c + static.shape[1]) * 4 + 8 + n_feat * 4 + 4)
+                     + (d_tt + d_mf + (q + 1) * d_c + n_feat) * 4)
         # a second, stricter baseline: NumPy gathering the same rows and doing nothing else
         t_gather = _best_time(lambda idx=idx: (np.take(tt_items, idx, axis=0), np.take(mf_items, idx, axis=0),
                                        np.take(content, idx, axis=0), np.take(static, idx, axis=0)), args.repeats)
         row = dict(n=len(idx), fused_us=t_fused * 1e6, numpy_us=t_numpy * 1e6, speedup_vs_numpy=t_numpy / t_fused,
-                   floor_us=floor * 1e6, x_floor=t_fused / floor, gather_us=t_gather * 1e6,
-                   x_gather=t_fused / t_gather, bytes=touched)
+                   floor_us=floor * 1e6, x_floor=t_fused / floor, dispatch_us=t_dispatch * 1e6,
+                   in_kernel_us=(t_fused - t_dispatch) * 1e6, x_floor_in_kernel=(t_fused - t_dispatch) / floor,
+                   gather_us=t_gather * 1e6, x_gather=t_fused / t_gather, bytes=touched,
+                   row_bytes=row_bytes, x_floor_row_bytes=t_fused / (row_bytes / bw))
         out["rows"].append(row)
         print(f"{row['n']:>7} {row['fused_us']:>8.1f}us {row['numpy_us']:>8.1f}us {row['speedup_vs_numpy']:>7.1f}x "
-              f"{row['floor_us']:>8.1f}us {row['x_floor']:>7.1f}x {row['gather_us']:>8.1f}us {row['x_gather']:>7.2f}x")
+              f"{row['floor_us']:>8.1f}us {row['x_floor']:>7.1f}x {row['dispatch_us']:>8.1f}us "
+              f"{row['in_kernel_us']:>8.1f}us {row['x_floor_in_kernel']:>7.1f}x "
+              f"{row['gather_us']:>8.1f}us {row['x_gather']:>7.2f}x")
     print("x numpy = numpy time / fused time (higher is better); x floor = fused time / bandwidth floor "
-          "(1 = at the floor); x gather = fused time / a bare NumPy gather of the same rows")
+          "(1 = at the floor); dispatch = the same two calls to no-op kernels; in kernel = fused - dispatch, "
+          "and its x floor; x gather = fused time / a bare NumPy gather of the same rows")
+    print("floor without cache-line rounding (exact row bytes): "
+          + ", ".join(f"n={r['n']} x{r['x_floor_row_bytes']:.1f}" for r in out["rows"]))
     return out
 
 
@@ -296,6 +361,15 @@ def run_load(target, address: str, requests: list[bytes], procs: int, arg: float
 # ------------------------------------------------------------------------------ e2e
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0 where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def bench_e2e(args: argparse.Namespace) -> dict:
     import grpc
 
@@ -344,11 +418,20 @@ def bench_e2e(args: argparse.Namespace) -> dict:
         print(f"closed loop: {args.clients} client processes x {args.concurrency} in flight, "
               f"{args.rounds} alternating rounds of {args.seconds}s each")
         best: dict[str, dict] = {}
+        # where the CPU goes: each server process's CPU time per request, per round
+        servers = {"echo": (("front", front.pid), ("back", back.pid)),
+                   "recommend": (("ranking", rank.proc.pid), ("candidate", cand.proc.pid))}
         for r in range(args.rounds):
             for name, address in (("echo", front_addr), ("recommend", rank.address)):
+                cpu0 = [cpu_seconds(pid) for _, pid in servers[name]]
                 got = run_load(_client_closed, address, requests, args.clients, args.concurrency, args.seconds)
+                got["cpu_ms_per_request"] = {
+                    tier: (cpu_seconds(pid) - c0) * 1e3 / max(got["requests"], 1)
+                    for (tier, pid), c0 in zip(servers[name], cpu0)}
+                cpu = "  ".join(f"{tier} {ms:.2f}" for tier, ms in got["cpu_ms_per_request"].items())
                 print(f"  round {r + 1} {name:<10} {got['rps']:8.0f} req/s  p50 {got['p50_ms']:6.2f} ms  "
-                      f"p99 {got['p99_ms']:7.2f} ms  errors {got['errors']}  degraded {got['degraded']}")
+                      f"p99 {got['p99_ms']:7.2f} ms  errors {got['errors']}  degraded {got['degraded']}  "
+                      f"CPU ms/request: {cpu}")
                 if name not in best or got["rps"] > best[name]["rps"]:
                     best[name] = got
         real, echo = best["recommend"], best["echo"]
@@ -374,9 +457,87 @@ def bench_e2e(args: argparse.Namespace) -> dict:
     return result
 
 
+class _Context:
+    """The two grpc.ServicerContext methods Recommend uses."""
+
+    def time_remaining(self) -> float:
+        return 10.0
+
+    def abort(self, code, details: str):
+        raise RuntimeError(f"{code}: {details}")
+
+
+def bench_inproc(args: argparse.Namespace) -> dict:
+    from ranking_svc import server as ranking_server
+    from ranking_svc.events import open_event_store
+    from ranking_svc.ranker import Ranker
+    from recsys.bundle import load_bundle
+    from recsys.procs import start_service
+    from recsys.v1 import candidate_pb2, ranking_pb2
+
+    bundle = load_bundle(args.bundle)
+    rng = np.random.default_rng(0)
+    users = [bundle.user_ids[i] for i in rng.choice(len(bundle.user_ids), size=min(200, len(bundle.user_ids)),
+                                                     replace=False)]
+    requests = [ranking_pb2.RecommendRequest(user_id=u, k=args.k) for u in users]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ranking-"))
+    recorded: dict[str, bytes] = {}
+
+    class Recording:  # the real stub, keeping each user's response bytes
+        def __init__(self, stub) -> None:
+            self.stub = stub
+
+        def Retrieve(self, request, timeout=None, metadata=None):
+            response = self.stub.Retrieve(request, timeout=timeout, metadata=metadata)
+            recorded[request.user_id] = response.SerializeToString()
+            return response
+
+    class Replaying:  # the recorded bytes, parsed as a real call's would be
+        def Retrieve(self, request, timeout=None, metadata=None):
+            return candidate_pb2.RetrieveResponse.FromString(recorded[request.user_id])
+
+    cand = start_service("candidate", ["--bundle", args.bundle, "--workers", "2"], tmp)
+    try:
+        source = ranking_server.GrpcCandidateSource(cand.address)
+        source.stub = Recording(source.stub)
+        events = open_event_store(str(tmp / "events.sqlite3"))
+        ranker = Ranker(bundle, source, events, num_candidates=300, retrieve_timeout_s=5.0)
+        ranker.warmup()
+        servicer = ranking_server.RankingServicer(ranker, events)
+        context = _Context()
+        for request in requests:
+            servicer.Recommend(request, context)
+    finally:
+        cand.stop()
+    source.stub = Replaying()
+
+    def all_users() -> None:
+        for request in requests:
+            servicer.Recommend(request, context)
+
+    all_users()
+    per_request = []
+    for _ in range(args.rounds * 2 + 1):
+        t0 = time.perf_counter()
+        all_users()
+        per_request.append((time.perf_counter() - t0) / len(requests))
+    median = float(np.median(per_request))
+    print(f"in-process Recommend (ranking tier alone, {len(requests)} users, replayed Retrieve): "
+          f"median {median * 1e6:.0f} us/request over {len(per_request)} passes "
+          f"(min {min(per_request) * 1e6:.0f}, max {max(per_request) * 1e6:.0f})")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.runcall(all_users)
+        pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+    return {"recommend_us": median * 1e6, "passes_us": [t * 1e6 for t in per_request]}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["kernels", "e2e", "all"])
+    p.add_argument("what", choices=["kernels", "inproc", "e2e", "all"])
     p.add_argument("--items", type=int, default=50_000, help="kernels: catalogue rows")
     p.add_argument("--tt-dim", type=int, default=64)
     p.add_argument("--mf-dim", type=int, default=32)
@@ -390,14 +551,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="e2e: gRPC handler threads per server")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--rounds", type=int, default=3, help="e2e: alternating closed-loop rounds per chain")
+    p.add_argument("--profile", action="store_true", help="inproc: print a cProfile of Recommend")
     p.add_argument("--json", help="write the numbers here")
     args = p.parse_args(argv)
     report = {}
     if args.what in ("kernels", "all"):
         report["kernels"] = bench_kernels(args)
+    if args.what in ("inproc", "e2e", "all") and not args.bundle:
+        p.error(f"{args.what} needs --bundle")
+    if args.what in ("inproc", "all"):
+        report["inproc"] = bench_inproc(args)
     if args.what in ("e2e", "all"):
-        if not args.bundle:
-            p.error("e2e needs --bundle")
         report["e2e"] = bench_e2e(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))

@@ -59,40 +59,68 @@ def merge(
     excluded: np.ndarray,
     fallback: tuple[str, np.ndarray, np.ndarray],
 ) -> Merged:
-    """`fallback` = (source name, best-first item order, scores by item index)."""
+    """`fallback` = (source name, best-first item order, scores by item index).
+
+    Array-at-a-time: each admission step masks a source's remaining proposals against a
+    bool[n_items] of the chosen items, so Python touches only the chosen items' provenance
+    (the item-at-a-time loop over every proposal, kept as the twin in
+    tests/test_candidate_sources.py, took ~1.6x the CPU on 300-candidate merges). Relies on
+    the Source contract: a proposal's items are distinct.
+    """
     order = [n for n in SOURCE_ORDER if n in proposals] + sorted(set(proposals) - set(SOURCE_ORDER))
-    chosen: dict[int, dict[str, float]] = {}
+    chosen = np.zeros(len(excluded), dtype=np.bool_)  # calloc'd: only the chosen pages are touched
     admitted = dict.fromkeys(order, 0)
     cursor = dict.fromkeys(order, 0)
-    ids = {name: proposals[name].items.tolist() for name in order}  # Python ints: fast dict keys
+    picked: list[np.ndarray] = []
+    n_chosen = 0
 
     def admit(name: str, limit: int) -> None:
-        items = ids[name]
-        i = cursor[name]
-        while i < len(items) and admitted[name] < limit and len(chosen) < num:
-            item = items[i]
-            i += 1
-            if item not in chosen:
-                chosen[item] = {}
-                admitted[name] += 1
-        cursor[name] = i
+        # = walk the source's items from its cursor, adding each one not chosen yet, until it
+        # added `limit` (in all) or num are chosen; the cursor stops after the last item added
+        nonlocal n_chosen
+        room = min(limit - admitted[name], num - n_chosen)
+        items = proposals[name].items
+        start = cursor[name]
+        if room <= 0 or start >= len(items):
+            return
+        fresh = np.flatnonzero(~chosen[items[start:]])
+        if len(fresh) >= room:
+            fresh = fresh[:room]
+            cursor[name] = start + int(fresh[-1]) + 1
+        else:
+            cursor[name] = len(items)
+        new = items[start + fresh]
+        chosen[new] = True
+        picked.append(new)
+        admitted[name] += len(new)
+        n_chosen += len(new)
 
     for name in order:
         admit(name, quotas.get(name, 0))
     for name in order:
         admit(name, num)
+    items = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     fb_name, fb_order, fb_scores = fallback
-    if len(chosen) < num:
-        taken = excluded.copy()
-        taken[np.fromiter(chosen, dtype=np.int64, count=len(chosen))] = True
-        extra = first_allowed(fb_order, fb_scores, num - len(chosen), taken)
-        for item, score in zip(extra.items.tolist(), extra.scores.tolist()):
-            chosen[item] = {fb_name: score}
+    sources: list[dict[str, float]] = [{} for _ in range(len(items))]
+    if n_chosen < num:
+        extra = first_allowed(fb_order, fb_scores, num - n_chosen, excluded | chosen)
+        chosen[extra.items] = True
+        items = np.concatenate([items, extra.items])
+        sources += [{fb_name: score} for score in extra.scores.tolist()]
         admitted[fb_name] = admitted.get(fb_name, 0) + len(extra)
-    for name in order:  # provenance: every source that proposed a chosen item
-        for item, score in zip(ids[name], proposals[name].scores.tolist()):
-            prov = chosen.get(item)
-            if prov is not None and name not in prov:
-                prov[name] = score
-    items = np.fromiter(chosen, dtype=np.int64, count=len(chosen))
-    return Merged(items, [chosen[i] for i in items.tolist()], admitted)
+    # provenance: every source that proposed a chosen item, in merge order
+    position = np.argsort(items, kind="stable")
+    sorted_items = items[position]
+    for name in order:
+        p = proposals[name]
+        hit = np.flatnonzero(chosen[p.items])
+        if len(hit) == 0:
+            continue
+        rows = position[np.searchsorted(sorted_items, p.items[hit])]
+        if name == fb_name:  # the fallback's own entries, written first, stay
+            for row, score in zip(rows.tolist(), p.scores[hit].tolist()):
+                sources[row].setdefault(name, score)
+        else:  # a source's items are distinct: one entry per row
+            for row, score in zip(rows.tolist(), p.scores[hit].tolist()):
+                sources[row][name] = score
+    return Merged(items.astype(np.int64, copy=False), sources, admitted)

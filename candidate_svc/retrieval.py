@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -49,7 +49,7 @@ from candidate_svc.sources import (
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.item_to_item import ItemToItemSource
 from candidate_svc.sources.ranked import RegionalSource, popular, trending
-from candidate_svc.sources.two_tower import TwoTowerSource
+from candidate_svc.sources.two_tower import TwoTowerSource, prefer_inner_product
 from recsys.bundle import Bundle, BundleError, check_user_tower
 from recsys.features import USER_FIELDS, UserInput
 
@@ -106,6 +106,7 @@ class Retriever:
         if self.index.ndim != bundle.item_embeddings.shape[1]:
             raise BundleError(f"{bundle.path}: index.usearch dim {self.index.ndim} != {bundle.item_embeddings.shape[1]}")
         self.index.expansion_search = expansion
+        prefer_inner_product(self.index, bundle.item_embeddings)  # unit vectors: dot == cosine
         # Items added by a catalogue update after training have no id embedding in the user
         # tower: they are left out of its history input (the other sources still use them).
         self.tower_items = int(bundle.manifest.get("catalog_update", {}).get("tower_items", bundle.n_items))
@@ -134,7 +135,7 @@ class Retriever:
         """User-tower embeddings for a batch of users, one onnxruntime call."""
         tower_users = [
             u if all(i < self.tower_items for i in u.history)
-            else UserInput([i for i in u.history if i < self.tower_items], u.age, u.gender, u.occupation, u.region, u.time_ms)
+            else replace(u, history=[i for i in u.history if i < self.tower_items])
             for u in users
         ]
         feeds = self.bundle.spec.encode_users(tower_users)
@@ -210,4 +211,4 @@ def _with_time(user: UserInput) -> UserInput:
     if user.time_ms:
         return user
     now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    return UserInput(user.history, user.age, user.gender, user.occupation, user.region, now_ms)
+    return replace(user, time_ms=now_ms)

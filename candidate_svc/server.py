@@ -5,7 +5,11 @@ The servicer is thin on purpose: all logic lives in candidate_svc.retrieval.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import struct
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -13,7 +17,7 @@ import numpy as np
 from candidate_svc.live_stats import ItemStatsReader
 from candidate_svc.retrieval import Candidates, Request, Retriever
 from candidate_svc.sources import SOURCE_ORDER
-from recsys import tracing
+from recsys import metrics, tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
 from recsys.config import MAX_CANDIDATES, CandidateConfig
@@ -29,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_HISTORY = 500
 MAX_EXCLUDE = 20_000
 MAX_BATCH = 64
+MAX_SEARCH_DIM = 4096
 
 
 def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_ms: int) -> UserInput:
@@ -42,6 +47,21 @@ def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_
     )
 
 
+def search_input(values, search_dim: int, field: str) -> tuple[float, ...]:
+    """The request's search profile for the user tower: () when empty, when the bundle's
+    tower takes none (trained without searches) or takes another width (the tiers briefly
+    serve different bundle versions during a rollout: the answer degrades to no search
+    signal rather than failing); else its search_dim finite values."""
+    if len(values) > MAX_SEARCH_DIM:
+        raise v.InvalidArgument(field, f"has {len(values)} values, at most {MAX_SEARCH_DIM} allowed")
+    if not values or len(values) != search_dim:
+        return ()
+    search = tuple(values)
+    if not all(math.isfinite(x) for x in search):
+        raise v.InvalidArgument(field, "holds a NaN or infinite value")
+    return search
+
+
 def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: str = "") -> Request:
     """Validate every field (raising InvalidArgument naming it) and map ids to indices."""
     v.check_id(req.user_id, f"{prefix}user_id", required=False)
@@ -50,6 +70,7 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: 
     v.check_time_ms(req.request_time_ms, f"{prefix}request_time_ms")
     v.check_range(req.num_candidates, f"{prefix}num_candidates", 1, MAX_CANDIDATES)
     v.check_ids(req.exclude_item_ids, f"{prefix}exclude_item_ids", MAX_EXCLUDE)
+    search = search_input(req.search_profile, bundle.spec.search_dim, f"{prefix}search_profile")
     for name, count in req.source_quotas.items():
         if name not in SOURCE_ORDER:
             raise v.InvalidArgument(f"{prefix}source_quotas[{name!r}]", f"unknown source (one of {', '.join(SOURCE_ORDER)})")
@@ -58,7 +79,7 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: 
     history = [index[i] for i in req.history_item_ids if i in index]
     exclude = np.fromiter((index[i] for i in req.exclude_item_ids if i in index), dtype=np.int64)
     return Request(
-        user=user_input_from(req.features, history, req.request_time_ms),
+        user=replace(user_input_from(req.features, history, req.request_time_ms), search=search),
         num=req.num_candidates,
         exclude=exclude,
         user_id=req.user_id,
@@ -66,17 +87,68 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: 
     )
 
 
+_F32 = struct.Struct("<f")
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _length_prefixed(tag: bytes, payload: bytes) -> bytes:
+    n = len(payload)
+    return tag + (_ONE_BYTE[n] if n < 128 else _varint(n)) + payload
+
+
+@functools.lru_cache(maxsize=64)
+def _source_score_prefix(name: str) -> bytes:
+    """Candidate.sources entry (field 3) up to its score's 4 bytes: a SourceScore holding
+    source (field 1, string) and the score's tag (field 2, fixed32)."""
+    inner = _length_prefixed(b"\x0a", name.encode()) + b"\x15"
+    return b"\x1a" + _varint(len(inner) + 4) + inner
+
+
 def encode_candidates(result: Candidates, bundle: Bundle) -> candidate_pb2.RetrieveResponse:
-    response = candidate_pb2.RetrieveResponse(
-        bundle_version=bundle.version, history_used=result.history_used, cold_start=result.cold_start
-    )
-    response.user_embedding.extend(result.user_embedding.tolist())
+    return encode_counted(result, bundle)[0]
+
+
+def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.RetrieveResponse, dict[str, int]]:
+    """The response and its candidates per source. Its repeated Candidate is written as wire
+    bytes and parsed by upb in one call: building 300 candidates field by field (a Python
+    call per message) cost ~0.6 ms, this ~0.2 ms; tests/test_candidate_retrieval.py pins it
+    to the field-by-field twin."""
     ids = bundle.item_ids
-    for item, score, sources in zip(result.items.tolist(), result.two_tower_scores.tolist(), result.sources):
-        cand = response.candidates.add(item_id=ids[item], two_tower_score=score)
-        for name, s in sources.items():
-            cand.sources.add(source=name, score=s)
-    return response
+    scores = result.two_tower_scores.astype("<f4").tobytes()
+    pack = _F32.pack
+    prefixes: dict[str, bytes] = {}
+    per_source: dict[str, int] = {}
+    parts: list[bytes] = []
+    for at, item, sources in zip(range(0, len(scores), 4), result.items.tolist(), result.sources):
+        item_id = ids[item].encode()
+        n = len(item_id)  # Candidate: item_id (field 1, string), two_tower_score (field 2, fixed32)
+        fields = [b"\x0a", _ONE_BYTE[n] if n < 128 else _varint(n), item_id, b"\x15", scores[at : at + 4]]
+        for name, score in sources.items():
+            prefix = prefixes.get(name)
+            if prefix is None:
+                prefix = prefixes[name] = _source_score_prefix(name)
+                per_source[name] = 0
+            fields.append(prefix)
+            fields.append(pack(score))
+            per_source[name] += 1
+        body = b"".join(fields)
+        n = len(body)  # RetrieveResponse.candidates (field 1)
+        parts += (b"\x0a", _ONE_BYTE[n] if n < 128 else _varint(n), body)
+    response = candidate_pb2.RetrieveResponse.FromString(b"".join(parts))
+    response.bundle_version = bundle.version
+    response.history_used = result.history_used
+    response.cold_start = result.cold_start
+    response.user_embedding.extend(result.user_embedding.tolist())
+    return response, per_source
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
@@ -94,7 +166,9 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
         if not context.is_active():
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
         (result,) = retriever.retrieve([decoded])
-        return encode_candidates(result, bundle)
+        response, per_source = encode_counted(result, bundle)
+        metrics.retrieve_source_counts.set(per_source)  # saves the interceptor a walk over the protos
+        return response
 
     def RetrieveBatch(self, request, context):
         retriever = self.retriever

@@ -10,7 +10,7 @@ near-identical uploads by one creator are. Cosines with a zero-norm row are 0.
 import numpy as np
 from numba import njit
 
-from .scoring import _row_norms
+from .scoring import _dot, _row_norms
 
 
 @njit(cache=True)
@@ -18,7 +18,6 @@ def near_duplicate_keep(vectors, title_keys, groups, threshold):
     # keep_a = not any_{b < a, keep_b} (key_a == key_b >= 0  or
     #                                   (group_a == group_b >= 0  and  cos(v_a, v_b) > threshold))
     n = vectors.shape[0]
-    d = vectors.shape[1]
     V = vectors.astype(np.float64)
     norms = _row_norms(V)
     keep = np.zeros(n, dtype=np.bool_)
@@ -33,10 +32,7 @@ def near_duplicate_keep(vectors, title_keys, groups, threshold):
                 break
             if groups[a] < 0 or groups[a] != groups[b] or norms[a] == 0.0 or norms[b] == 0.0:
                 continue
-            acc = 0.0
-            for t in range(d):
-                acc += V[a, t] * V[b, t]
-            if acc / (norms[a] * norms[b]) > threshold:
+            if _dot(V, a, V, b) / (norms[a] * norms[b]) > threshold:
                 duplicate = True
                 break
         if not duplicate:

@@ -11,14 +11,13 @@ are 0. The caller passes finite relevance (e.g. min-max normalised scores).
 import numpy as np
 from numba import njit
 
-from .scoring import _row_norms
+from .scoring import _dot, _row_norms
 
 
 @njit(cache=True)
 def mmr_order(relevance, vectors, lam, n_select):
     # order[t] = argmax_{j unselected} lam rel_j - (1 - lam) max_{s in order[:t]} cos(v_j, v_s)
     n = relevance.shape[0]
-    d = vectors.shape[1]
     m = min(max(n_select, 0), n)
     order = np.empty(m, dtype=np.int64)
     if m == 0:
@@ -43,10 +42,7 @@ def mmr_order(relevance, vectors, lam, n_select):
         for j in range(n):
             if taken[j] or norms[j] == 0.0 or norms[best] == 0.0:
                 continue
-            acc = 0.0
-            for t in range(d):
-                acc += V[j, t] * V[best, t]
-            cos = acc / (norms[j] * norms[best])
+            cos = _dot(V, j, V, best) / (norms[j] * norms[best])
             if cos > max_sim[j]:
                 max_sim[j] = cos
     return order

@@ -2,47 +2,97 @@
 
 Each kernel reads only the rows `idx` of an item matrix (the candidates), accumulates in
 float64 and returns float32. A cosine with a zero-norm side is 0; NaN inputs give NaN.
+
+Speed (bench/bench_ranking.py kernels): every kernel here is compiled with
+`fastmath=FASTMATH`: reassociation and FMA contraction only (no nnan/ninf/arcp: NaN and
+inf propagate and divisions stay exact), which lets LLVM vectorise the float64 reductions.
+The query side is converted to float64 and scaled to unit rows once per call, so a cosine
+costs one dot and one division by the candidate's norm; a candidate's content row is read
+once for its norm and the profile dot together, then by the disliked rows four at a time
+(one load of the row feeds four accumulators); the rows of the candidate PREFETCH_AHEAD
+places ahead are prefetched, so a gather from a catalogue larger than the caches overlaps
+the arithmetic. Reassociation changes the rounding, not the result beyond float32
+precision (the tests hold the twins to 1e-5); every kernel uses the same helpers, so the
+fused kernel equals the single ones exactly.
 """
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# reassociate + contract to FMA (vectorised reductions); no nnan/ninf, no arcp
+FASTMATH = {"reassoc", "contract"}
+PREFETCH_AHEAD = 4  # candidates between a row's prefetch and its use
 
 # The helpers address rows as (matrix, row index) rather than taking row views: a view in
-# the inner loop costs a reference-count round trip, which dominated gather_max_cosine.
-# Query vectors are held as 1 x d matrices for the same reason.
+# the inner loop costs a reference-count round trip. Query vectors are held as 1 x d
+# matrices for the same reason.
 
 
-@njit(cache=True)
+@intrinsic
+def _prefetch(typingctx, matrix, row, col):
+    # a read prefetch of &matrix[row, col] into every cache level (llvm.prefetch); no result
+    sig = types.void(matrix, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
+                                       wraparound=False, boundscheck=False)
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        # the overloaded intrinsic's name for the pointer spelling llvmlite emits: "i8*"
+        # (typed) gives ".p0i8", which LLVM >= 15 upgrades to ".p0" when it parses the IR
+        name = "llvm.prefetch.p0" if str(i8p) == "ptr" else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _prefetch_row(M, i):
+    # every 64-byte line of M[i] (16 float32 apart, and the last element)
+    d = M.shape[1]
+    for t in range(0, d, 16):
+        _prefetch(M, i, t)
+    if d > 0:
+        _prefetch(M, i, d - 1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _prefetch_ahead(M, idx, j):
+    # the row of the candidate PREFETCH_AHEAD places after j, if any
+    if j + PREFETCH_AHEAD < idx.shape[0]:
+        _prefetch_row(M, idx[j + PREFETCH_AHEAD])
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _dot(A, r, B, s):
-    # A[r] . B[s] over float64 rows. Four partial sums in a fixed order (still deterministic)
-    # break the add dependency chain that code without fastmath otherwise waits on.
-    d = A.shape[1]
-    d4 = d - d % 4
-    s0 = s1 = s2 = s3 = 0.0
-    for t in range(0, d4, 4):
-        s0 += A[r, t] * B[s, t]
-        s1 += A[r, t + 1] * B[s, t + 1]
-        s2 += A[r, t + 2] * B[s, t + 2]
-        s3 += A[r, t + 3] * B[s, t + 3]
-    for t in range(d4, d):
-        s0 += A[r, t] * B[s, t]
-    return (s0 + s1) + (s2 + s3)
+    # A[r] . B[s] accumulated in float64 (either side may be float32)
+    acc = 0.0
+    for t in range(A.shape[1]):
+        acc += np.float64(A[r, t]) * np.float64(B[s, t])
+    return acc
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _as_rows(v):
     # float64 copy of a vector as a 1 x d matrix
     return v.astype(np.float64).reshape((1, v.shape[0]))
 
 
-@njit(cache=True)
-def _load_row(M, i, row):
-    # row[0] = float64(M[i]): converted once, then reused by every dot with it
-    for t in range(M.shape[1]):
-        row[0, t] = M[i, t]
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _row_view(v):
+    # a vector as a 1 x d matrix, no copy (_dot converts each element to float64 exactly,
+    # so the dots equal those with a float64 copy)
+    return v.reshape((1, v.shape[0]))
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def _row_norms(Q):
     # |Q[r]| for every row r
     norms = np.empty(Q.shape[0], dtype=np.float64)
@@ -51,99 +101,182 @@ def _row_norms(Q):
     return norms
 
 
-@njit(cache=True)
-def _max_cosine(Q, Q_norms, row, row_norm):
-    # max_r cos(Q[r], row[0]) with cos = a . b / (|a| |b|), 0 if either norm is 0;
-    # 0 if Q has no rows; NaN propagates as in np.max
-    if Q.shape[0] == 0:
-        return 0.0
-    best = -np.inf
+@njit(cache=True, fastmath=FASTMATH)
+def _unit_rows(Q):
+    # (U, has_zero): U[r] = Q[r] / |Q[r]| (float64) for the rows of nonzero norm (a NaN
+    # norm counts as nonzero: its NaN row propagates); has_zero when a row had norm 0,
+    # whose cosine with anything is 0
+    norms = _row_norms(Q)
+    n_unit = 0
     for r in range(Q.shape[0]):
-        cos = 0.0
-        if Q_norms[r] != 0.0 and row_norm != 0.0:  # a NaN norm falls through to NaN
-            cos = _dot(Q, r, row, 0) / (Q_norms[r] * row_norm)
-        if cos > best or np.isnan(cos):
-            best = cos
+        n_unit += norms[r] != 0.0
+    U = np.empty((n_unit, Q.shape[1]), dtype=np.float64)
+    u = 0
+    for r in range(Q.shape[0]):
+        if norms[r] != 0.0:
+            for t in range(Q.shape[1]):
+                U[u, t] = Q[r, t] / norms[r]
+            u += 1
+    return U, n_unit < Q.shape[0]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _unit_row(v):
+    # (v / |v| as a 1 x d float64 matrix, |v| != 0); a zero v gives a zero row
+    u = _as_rows(v)
+    norm = np.sqrt(_dot(u, 0, u, 0))
+    if norm != 0.0:
+        for t in range(u.shape[1]):
+            u[0, t] = u[0, t] / norm
+    return u, norm != 0.0
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _norm2_and_dot(M, i, u):
+    # (|M[i]|^2, u[0] . M[i]) in one pass over M[i]
+    norm2 = 0.0
+    dot = 0.0
+    for t in range(M.shape[1]):
+        x = np.float64(M[i, t])
+        norm2 += x * x
+        dot += u[0, t] * x
+    return norm2, dot
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _cosine(unit_dot, q_nonzero, m_norm):
+    # cos(q, m) from q's unit row: unit_dot / |m|; 0 when either side has norm 0,
+    # whatever the other side holds
+    if not q_nonzero or m_norm == 0.0:
+        return 0.0
+    return unit_dot / m_norm
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _nanmax(a, b):
+    # max(a, b), NaN if either is NaN (as np.max)
+    if a > b or a != a:
+        return a
+    return b
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _max_unit_dot(U, M, i):
+    # max_r U[r] . M[i] (-inf without rows). Four rows per pass over M[i] (then two, then
+    # one): one load of M[i, t] feeds four independent accumulators.
+    q = U.shape[0]
+    d = U.shape[1]
+    best = -np.inf
+    r = 0
+    while r + 4 <= q:
+        a0 = a1 = a2 = a3 = 0.0
+        for t in range(d):
+            x = np.float64(M[i, t])
+            a0 += U[r, t] * x
+            a1 += U[r + 1, t] * x
+            a2 += U[r + 2, t] * x
+            a3 += U[r + 3, t] * x
+        best = _nanmax(_nanmax(best, a0), _nanmax(_nanmax(a1, a2), a3))
+        r += 4
+    if r + 2 <= q:
+        a0 = a1 = 0.0
+        for t in range(d):
+            x = np.float64(M[i, t])
+            a0 += U[r, t] * x
+            a1 += U[r + 1, t] * x
+        best = _nanmax(_nanmax(best, a0), a1)
+        r += 2
+    if r < q:
+        best = _nanmax(best, _dot(U, r, M, i))
     return best
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _max_cosine(U, has_zero, M, i, m_norm):
+    # max_r cos(Q[r], M[i]) from Q's unit rows U: cos = U[r] . M[i] / |M[i]|, 0 for a
+    # zero-norm side (the zero-norm side wins over a NaN one); 0 if Q has no rows
+    if U.shape[0] == 0 or m_norm == 0.0:
+        return 0.0
+    best = _max_unit_dot(U, M, i) / m_norm
+    return _nanmax(best, 0.0) if has_zero else best
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def gather_dot(query, matrix, idx):
     # s_j = q . M[idx_j]
-    q = _as_rows(query)
-    row = np.empty((1, matrix.shape[1]), dtype=np.float64)
+    q = _row_view(query)
     scores = np.empty(idx.shape[0], dtype=np.float32)
     for j in range(idx.shape[0]):
-        _load_row(matrix, idx[j], row)
-        scores[j] = _dot(q, 0, row, 0)
+        _prefetch_ahead(matrix, idx, j)
+        scores[j] = _dot(matrix, idx[j], q, 0)
     return scores
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def gather_cosine(query, matrix, idx):
-    # s_j = cos(q, M[idx_j]), the max over a single query row
-    q = _as_rows(query)
-    q_norms = _row_norms(q)
-    row = np.empty((1, matrix.shape[1]), dtype=np.float64)
+    # s_j = cos(q, M[idx_j])
+    u, nonzero = _unit_row(query)
     scores = np.empty(idx.shape[0], dtype=np.float32)
     for j in range(idx.shape[0]):
-        _load_row(matrix, idx[j], row)
-        scores[j] = _max_cosine(q, q_norms, row, np.sqrt(_dot(row, 0, row, 0)))
+        _prefetch_ahead(matrix, idx, j)
+        norm2, dot = _norm2_and_dot(matrix, idx[j], u)
+        scores[j] = _cosine(dot, nonzero, np.sqrt(norm2))
     return scores
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def gather_max_cosine(queries, matrix, idx):
     # s_j = max_r cos(Q[r], M[idx_j])
-    Q = queries.astype(np.float64)
-    Q_norms = _row_norms(Q)
-    row = np.empty((1, matrix.shape[1]), dtype=np.float64)
-    scores = np.empty(idx.shape[0], dtype=np.float32)
+    U, has_zero = _unit_rows(queries)
+    scores = np.zeros(idx.shape[0], dtype=np.float32)
+    if U.shape[0] == 0:  # no rows, or only zero rows: every cosine is 0
+        return scores
+    zero = np.zeros((1, matrix.shape[1]), dtype=np.float64)
     for j in range(idx.shape[0]):
-        _load_row(matrix, idx[j], row)
-        scores[j] = _max_cosine(Q, Q_norms, row, np.sqrt(_dot(row, 0, row, 0)))
+        _prefetch_ahead(matrix, idx, j)
+        i = idx[j]
+        # |M[i]| by the fused kernel's own pass, so the two agree to the last bit
+        norm2 = _norm2_and_dot(matrix, i, zero)[0]
+        scores[j] = _max_cosine(U, has_zero, matrix, i, np.sqrt(norm2))
     return scores
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def linear_score(features, weights, bias):
     # s = F w + b
-    w = _as_rows(weights)
-    row = np.empty((1, features.shape[1]), dtype=np.float64)
+    w = _row_view(weights)
     scores = np.empty(features.shape[0], dtype=np.float32)
     for j in range(features.shape[0]):
-        _load_row(features, j, row)
-        scores[j] = _dot(row, 0, w, 0) + bias
+        scores[j] = _dot(features, j, w, 0) + bias
     return scores
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def rank_features(tt_user, tt_items, mf_user, mf_items, profile, content, disliked,
                   item_static, coldness, idx):
     # F_j = [tt_u . tt[i], mf_u . mf[i], cos(profile, content[i]),
     #        max_r cos(disliked[r], content[i]), S[i, 0..s-1], S[i, 0] * coldness], i = idx_j
-    tt_u = _as_rows(tt_user)
-    mf_u = _as_rows(mf_user)
-    prof = _as_rows(profile)
-    prof_norms = _row_norms(prof)
-    Q = disliked.astype(np.float64)
-    Q_norms = _row_norms(Q)
-    tt_row = np.empty((1, tt_items.shape[1]), dtype=np.float64)
-    mf_row = np.empty((1, mf_items.shape[1]), dtype=np.float64)
-    content_row = np.empty((1, content.shape[1]), dtype=np.float64)
+    tt_u = _row_view(tt_user)
+    mf_u = _row_view(mf_user)
+    p, p_nonzero = _unit_row(profile)
+    U, u_zero = _unit_rows(disliked)
     n_static = item_static.shape[1]
     cold = np.float32(coldness)  # float32 product, as the twin computes it
     features = np.empty((idx.shape[0], 5 + n_static), dtype=np.float32)
     for j in range(idx.shape[0]):
+        if j + PREFETCH_AHEAD < idx.shape[0]:
+            ahead = idx[j + PREFETCH_AHEAD]
+            _prefetch_row(tt_items, ahead)
+            _prefetch_row(mf_items, ahead)
+            _prefetch_row(content, ahead)
+            _prefetch_row(item_static, ahead)
         i = idx[j]
-        _load_row(tt_items, i, tt_row)
-        _load_row(mf_items, i, mf_row)
-        _load_row(content, i, content_row)
-        content_norm = np.sqrt(_dot(content_row, 0, content_row, 0))
-        features[j, 0] = _dot(tt_u, 0, tt_row, 0)
-        features[j, 1] = _dot(mf_u, 0, mf_row, 0)
-        features[j, 2] = _max_cosine(prof, prof_norms, content_row, content_norm)
-        features[j, 3] = _max_cosine(Q, Q_norms, content_row, content_norm)
+        norm2, profile_dot = _norm2_and_dot(content, i, p)
+        content_norm = np.sqrt(norm2)
+        features[j, 0] = _dot(tt_items, i, tt_u, 0)
+        features[j, 1] = _dot(mf_items, i, mf_u, 0)
+        features[j, 2] = _cosine(profile_dot, p_nonzero, content_norm)
+        features[j, 3] = _max_cosine(U, u_zero, content, i, content_norm)
         for c in range(n_static):
             features[j, 4 + c] = item_static[i, c]
         features[j, 4 + n_static] = np.float32(item_static[i, 0]) * cold

@@ -1,7 +1,9 @@
 """A circuit breaker in front of the candidate tier (the Hystrix pattern).
 
-    closed     every call goes through; `failures` consecutive failures (errors or
-               deadlines) open the breaker
+    closed     every call goes through; `failures` consecutive failures (the tier down,
+               late or shedding: CandidateUnavailable) open the breaker; a refusal of the
+               request itself (server.CandidateRejected) says the tier is up and counts
+               neither way
     open       no call goes out: `BreakerCandidateSource.fetch` raises CandidateUnavailable
                at once, so Recommend answers from the local fallback without waiting on a
                dead or drowning tier; after `cooldown_s` the breaker half-opens
@@ -72,6 +74,11 @@ class CircuitBreaker:
                     self.opened += 1
                 self._state, self._opened_at, self._probing = OPEN, self.clock(), False
 
+    def release(self) -> None:
+        """A call ended without a verdict on the tier: state unchanged, the probe slot freed."""
+        with self._lock:
+            self._probing = False
+
     def retry_in_s(self) -> float:
         with self._lock:
             return max(0.0, self.cooldown_s - (self.clock() - self._opened_at))
@@ -100,8 +107,11 @@ class BreakerCandidateSource:
                 f"next probe in {self.breaker.retry_in_s():.1f}s")
         try:
             got = self.inner.fetch(user_id, history_ids, demographics, time_ms, num, exclude_ids, timeout_s)
-        except BaseException:  # CandidateUnavailable or a surprise: either way the probe ends
+        except CandidateUnavailable:  # down, late, shedding: a failure of the tier
             self.breaker.record_failure()
+            raise
+        except BaseException:  # the tier refused this request (server.CandidateRejected) or a
+            self.breaker.release()  # surprise: no verdict on the tier's health, but the probe ends
             raise
         self.breaker.record_success()
         return got

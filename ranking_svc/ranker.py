@@ -21,8 +21,11 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from itertools import repeat
+from typing import Generic, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -42,6 +45,7 @@ from recsys.ranking_features import (
     content_profile,
     disliked_rows,
 )
+from recsys.text_encoder import SearchProfiles, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,11 @@ FALLBACK = "fallback_popular"
 FALLBACK_TRENDING = "fallback_trending"
 CONTENT_FEATURE = FEATURE_NAMES.index("content")
 EXPLAIN_FEATURES = 3  # feature contributions listed per explained item
+# The search profile of the user whose Retrieve is in flight, for the user tower (read by
+# server.GrpcCandidateSource): a context variable, like server.RETRIEVE_UNTIL, so every
+# CandidateSource wrapper passes it on untouched. None = no searches or no search input.
+# Set before every fetch (the worker thread's context keeps the last value until then).
+SEARCH_PROFILE: ContextVar[np.ndarray | None] = ContextVar("search_profile", default=None)
 # Time kept back from the caller's deadline for scoring and rules after Retrieve returns.
 RANKING_RESERVE_S = 0.02
 
@@ -72,9 +81,36 @@ class Demographics:
 @dataclass
 class CandidateList:
     item_ids: list[str]
-    two_tower_scores: list[float]
-    sources: list[list[str]]
+    two_tower_scores: Sequence[float]
+    sources: Sequence[list[str]]  # a LazyList is fine: Recommend reads only the top k
     user_embedding: np.ndarray  # float32[d]
+
+
+T = TypeVar("T")
+
+
+class LazyList(Sequence[T], Generic[T]):
+    """A read-only sequence of n values, each made by `make(i)` when first read: the
+    candidate tier's per-candidate details (provenance) are decoded for the k items a
+    Recommend returns, not for all of its few hundred candidates."""
+
+    def __init__(self, n: int, make: Callable[[int], T]) -> None:
+        self._n, self._make = n, make
+        self._made: dict[int, T] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        if i not in self._made:
+            self._made[i] = self._make(i)
+        return self._made[i]
 
 
 class CandidateUnavailable(Exception):
@@ -141,6 +177,8 @@ class UserHistory:
     demographics: Demographics = field(default_factory=Demographics)
     bundle_row: int = -1
     has_new_positives: bool = False
+    searches: list[tuple[str, int]] = field(default_factory=list)  # (query, time ms), newest first
+    search_profile: np.ndarray | None = None  # unit vector in the search encoder's space
 
 
 class Ranker:
@@ -154,10 +192,13 @@ class Ranker:
         history_limit: int = 200,
         rules: RuleConfig | None = None,
         live_trending_ttl_s: float | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         """`live_trending_ttl_s`: blend the event store's online trending into the
         log_trending feature and the fallback order, re-read at most this often (None: the
-        bundle's trending only, as evaluation replays)."""
+        bundle's trending only, as evaluation replays). `text_encoder`: the search encoder;
+        with one, and item text vectors in the bundle, a user's logged searches join the
+        content profile (recsys.text_encoder.SearchProfiles)."""
         self.bundle = bundle
         self.candidates = candidates
         self.events = events
@@ -200,6 +241,8 @@ class Ranker:
                                      float(bundle.manifest.get("dataset", {}).get("time_max") or 0.0),
                                      ttl_s=live_trending_ttl_s)
         self._live_fallback = (0, self.fallback_order, self.fallback_sources)  # (snapshot at_ms, order, sources)
+        self.search, search_state = SearchProfiles.for_bundle(bundle.manifest, text_encoder)
+        log.info("%s", search_state)
         self._stats_lock = threading.Lock()
         self.degraded = Counter()  # degraded answers by the first word of the reason
 
@@ -226,6 +269,9 @@ class Ranker:
         )
         decided: set[int] = set()
         for e in events:  # newest first: the latest signal about an item wins
+            if e.event_type == "search":
+                h.searches.append((e.query, e.timestamp_ms))
+                continue
             item = b.item_index.get(e.item_id)
             if item is None:
                 continue
@@ -271,10 +317,14 @@ class Ranker:
 
     def user_state(self, h: UserHistory, tt_user: np.ndarray) -> UserState:
         b = self.bundle
+        profile = content_profile(b.content, np.asarray(h.positives, dtype=np.int64))
+        if self.search is not None and h.search_profile is not None:
+            profile = self.search.add_to(profile, min(len(h.positives), PROFILE_ITEMS), h.search_profile,
+                                         len(h.searches))
         return UserState(
             tt_user=tt_user,
             mf_user=self.mf_user(h),
-            profile=content_profile(b.content, np.asarray(h.positives, dtype=np.int64)),
+            profile=profile,
             # training-time negatives only: fresh dislikes (first in h.negatives) are
             # applied by dislike_demotion instead
             disliked=disliked_rows(b.content, np.asarray(h.negatives[len(h.fresh_negatives):], dtype=np.int64)),
@@ -296,6 +346,8 @@ class Ranker:
         b = self.bundle
         with tracing.stage("ranking.history"):  # bundle history + the event store's recent events
             h = self.history(user_id, demographics)
+        if self.search is not None and h.searches:  # each query encoded once (the encoder's cache)
+            h.search_profile = self.search.profile(h.searches, time_ms or int(time.time() * 1000))
         excluded = np.zeros(b.n_items, dtype=np.bool_)
         for item_id in exclude_ids:
             item = b.item_index.get(item_id)
@@ -313,6 +365,7 @@ class Ranker:
         try:
             if timeout <= 0:
                 raise CandidateUnavailable("DEADLINE_EXCEEDED: no time left for retrieval")
+            SEARCH_PROFILE.set(h.search_profile if b.spec.search_dim else None)
             got = self.candidates.fetch(
                 user_id,
                 [b.item_ids[i] for i in h.positives[: b.spec.history_length]],
@@ -322,12 +375,15 @@ class Ranker:
                 [b.item_ids[i] for i in np.flatnonzero(excluded)[:20_000].tolist()],
                 timeout,
             )
-            cand = np.fromiter(
-                (b.item_index.get(i, -1) for i in got.item_ids), dtype=np.int64, count=len(got.item_ids)
-            )
+            cand = np.fromiter(map(b.item_index.get, got.item_ids, repeat(-1)), dtype=np.int64,
+                               count=len(got.item_ids))
             keep = cand >= 0
-            cand = cand[keep]
-            sources = [s for s, ok in zip(got.sources, keep.tolist()) if ok]
+            if keep.all():
+                sources = got.sources
+            else:  # unknown ids dropped; read through, so a lazy got.sources stays lazy
+                kept = np.flatnonzero(keep).tolist()
+                sources = LazyList(len(kept), lambda i, every=got.sources, kept=kept: every[kept[i]])
+                cand = cand[keep]
             tt_user = np.ascontiguousarray(got.user_embedding, dtype=np.float32)
             if tt_user.shape != (b.item_embeddings.shape[1],):
                 tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)

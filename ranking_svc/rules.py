@@ -346,8 +346,10 @@ def explore(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfig) -> Sl
     slot = (cfg.explore_slot or k) - 1
     slot = min(slot, k - 1)
     pos = int(s.order[src])
-    rest = np.delete(s.order, src)
-    s.order = np.insert(rest, slot, pos)
+    order = s.order.copy()  # order[slot:src] moves one place down, pos takes slot
+    order[slot + 1:src + 1] = s.order[slot:src]
+    order[slot] = pos
+    s.order = order
     if ctx.explain:
         s.note(pos, f"explore: fresh item given slot {slot + 1}")
     return s

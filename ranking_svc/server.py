@@ -2,15 +2,20 @@
 
 Thin servicers: decode and validate (INVALID_ARGUMENT naming the field), call the pure
 Ranker / EventStore, encode. `GrpcCandidateSource` is the one internal hop, to the
-candidate tier, with a deadline; any failure there becomes a degraded answer, never an
-error for the caller.
+candidate tier, with a deadline; the tier being down, late or shedding load becomes a
+degraded answer, never an error for the caller, while a refusal of the request itself
+(INVALID_ARGUMENT, INTERNAL, ...) is surfaced, not hidden behind the fallback
+(`CandidateRejected`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
+from collections import Counter
+from contextvars import ContextVar
 from dataclasses import replace
 from typing import Sequence
 
@@ -21,11 +26,13 @@ from ranking_svc.breaker import BreakerCandidateSource, CircuitBreaker
 from ranking_svc.events import EventStore, EventStoreUnavailable, StoredEvent, open_event_store
 from ranking_svc.experiments import Experiment, load_experiment, single_variant
 from ranking_svc.ranker import (
+    SEARCH_PROFILE,
     CandidateList,
     CandidateSource,
     CandidateUnavailable,
     Demographics,
     Explanation,
+    LazyList,
     Ranker,
 )
 from recsys import tracing
@@ -37,6 +44,7 @@ from recsys.logs import outgoing_metadata
 from recsys.metrics import ServerInterceptor
 from recsys.reload import BundleWatcher, start_watcher
 from recsys.security import ServerSecurity, channel_credentials
+from recsys.text_encoder import load_text_encoder
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -56,6 +64,40 @@ EVENT_NAMES = {
     ranking_pb2.EVENT_TYPE_RATING: "rating",
     ranking_pb2.EVENT_TYPE_SEARCH: "search",
 }
+
+
+# How a failed Retrieve shows in Recommend (docs/RELIABILITY.md, "Status codes"). The tier
+# down, late, shedding load or refusing our credentials: degrade to the local fallback
+# (CandidateUnavailable; the breaker counts it). Anything else means the tier answered and
+# refused *this request*: a fallback would hide a bug, so it is surfaced (CandidateRejected).
+DEGRADE_CODES = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNAUTHENTICATED,  # a refused internal hop: a deployment fault, alerting on degraded_reason
+    grpc.StatusCode.PERMISSION_DENIED,
+})
+# RetrieveRequest fields copied verbatim from the caller's RecommendRequest: the candidate
+# tier refusing one of these is the caller's input (the tiers' validators disagreeing, e.g.
+# mid-upgrade); refusing any other field (history, exclusions, num_candidates) is ours.
+CALLER_FIELDS = frozenset({"user_id", "features", "request_time_ms"})
+
+
+class CandidateRejected(Exception):
+    """The candidate tier answered Retrieve with an error that no fallback should hide.
+    `code` / `message` are what Recommend answers: INVALID_ARGUMENT with the tier's own
+    field message when a field the caller sent was refused, INTERNAL otherwise."""
+
+    def __init__(self, downstream: grpc.StatusCode, details: str) -> None:
+        root = re.match(r"[a-z_]+", details or "")
+        if downstream == grpc.StatusCode.INVALID_ARGUMENT and root and root.group(0) in CALLER_FIELDS:
+            self.code, self.message = grpc.StatusCode.INVALID_ARGUMENT, f"{details} (refused by the candidate tier)"
+        else:
+            self.code = grpc.StatusCode.INTERNAL
+            self.message = f"candidate tier refused the request: {downstream.name}: {details}"
+        super().__init__(self.message)
+        self.downstream = downstream
 
 
 class GrpcCandidateSource:
@@ -96,21 +138,57 @@ class GrpcCandidateSource:
             num_candidates=num,
             exclude_item_ids=exclude_ids,
         )
+        search = SEARCH_PROFILE.get()  # the Ranker's user's search profile, for the user tower
+        if search is not None:
+            request.search_profile.extend(search.tolist())
         try:
             with tracing.client_call("/recsys.v1.CandidateService/Retrieve") as traceparent:
                 response = self.stub.Retrieve(request, timeout=timeout_s,
                                               metadata=(*outgoing_metadata(), *traceparent, *self.auth))
         except grpc.RpcError as e:
-            raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
+            if e.code() in DEGRADE_CODES:
+                raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
+            raise CandidateRejected(e.code(), e.details() or "") from None
+        cands = response.candidates  # per-candidate details decoded only for what is read
         return CandidateList(
-            item_ids=[c.item_id for c in response.candidates],
-            two_tower_scores=[c.two_tower_score for c in response.candidates],
-            sources=[[s.source for s in c.sources] for c in response.candidates],
+            item_ids=[c.item_id for c in cands],
+            two_tower_scores=LazyList(len(cands), lambda i: cands[i].two_tower_score),
+            sources=LazyList(len(cands), lambda i: [s.source for s in cands[i].sources]),
             user_embedding=np.asarray(response.user_embedding, dtype=np.float32),
         )
 
     def close(self) -> None:
         self.channel.close()
+
+
+# Per-phase budgets of one Recommend call: the servicer sets, per request, the moment by
+# which Retrieve must be done (a share of the caller's remaining time), and the source
+# wrapper caps the Retrieve deadline to it. A contextvar, because the Ranker's interface
+# (one timeout per fetch, from its own retrieve_timeout_s) is shared by every caller.
+RETRIEVE_UNTIL: ContextVar[float | None] = ContextVar("retrieve_until", default=None)
+
+
+class BudgetedCandidateSource:
+    """A CandidateSource whose calls end by the current request's retrieve budget
+    (RETRIEVE_UNTIL), so the rest of the caller's time stays for ranking and the rules.
+    Outermost: a budget already spent degrades without calling (or counting against) the
+    breaker behind it."""
+
+    def __init__(self, inner: CandidateSource) -> None:
+        self.inner = inner
+
+    def fetch(self, user_id, history_ids, demographics, time_ms, num, exclude_ids, timeout_s: float) -> CandidateList:
+        until = RETRIEVE_UNTIL.get()
+        if until is not None:
+            timeout_s = min(timeout_s, until - time.monotonic())
+            if timeout_s <= 0:
+                raise CandidateUnavailable("DEADLINE_EXCEEDED: the retrieve budget was spent before the call")
+        return self.inner.fetch(user_id, history_ids, demographics, time_ms, num, exclude_ids, timeout_s)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
 
 
 def decode_event(e: ranking_pb2.Event, i: int, now_ms: int) -> StoredEvent:
@@ -158,11 +236,14 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
     """`rankers` maps a variant's bundle path ("" = the served bundle) to its Ranker."""
 
     def __init__(self, ranker: Ranker, events: EventStore, experiment: Experiment | None = None,
-                 rankers: dict[str, Ranker] | None = None) -> None:
+                 rankers: dict[str, Ranker] | None = None, retrieve_budget_fraction: float = 0.6) -> None:
+        self.retrieve_budget_fraction = retrieve_budget_fraction  # of the caller's remaining time
         self.ranker = ranker
         self.events = events
         self.experiment = experiment or single_variant(ranker.rules)
         self.rankers = {"": ranker, **(rankers or {})}  # replaced whole by a hot reload (recsys.reload)
+        self.candidate_rejected: Counter[str] = Counter()  # Retrieve refusals surfaced, by downstream code
+        self._counts_lock = threading.Lock()
         self.watcher: BundleWatcher | None = None
 
     def Recommend(self, request, context):
@@ -175,9 +256,11 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         except v.InvalidArgument as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None else None
+        now = time.monotonic()
+        deadline = now + remaining if remaining is not None else None
         f = request.features
         variant = self.experiment.assign(request.user_id)
+        budget = RETRIEVE_UNTIL.set(None if remaining is None else now + self.retrieve_budget_fraction * remaining)
         try:
             result = self.rankers[variant.bundle].recommend(
                 request.user_id,
@@ -191,6 +274,13 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             )
         except EventStoreUnavailable as e:  # without the user's events we cannot filter what they saw
             context.abort(grpc.StatusCode.UNAVAILABLE, f"event store: {e}")
+        except CandidateRejected as e:  # not an outage: degrading would hide it
+            log.error("Recommend for user %s: %s", request.user_id, e.message)
+            with self._counts_lock:
+                self.candidate_rejected[e.downstream.name] += 1
+            context.abort(e.code, e.message)
+        finally:
+            RETRIEVE_UNTIL.reset(budget)
         if result.degraded:
             log.warning("degraded answer for user %s: %s", request.user_id, result.degraded_reason)
         response = ranking_pb2.RecommendResponse(
@@ -232,6 +322,7 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
     `tracer`: from recsys.tracing.setup_tracing (default: as config.otel says)."""
     bundle = bundle or load_bundle(config.bundle)
     events = open_event_store(config.event_db, config.event_store_url)
+    text_encoder = load_text_encoder(config.text_encoder)  # one per process, its query cache shared by reloads
     source: CandidateSource = GrpcCandidateSource(
         config.candidate_address,
         channel_credentials(config.candidate_tls_ca, config.candidate_tls_cert, config.candidate_tls_key),
@@ -240,6 +331,7 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
     if config.breaker_failures:
         source = BreakerCandidateSource(source, CircuitBreaker(config.breaker_failures,
                                                                config.breaker_cooldown_ms / 1000.0))
+    source = BudgetedCandidateSource(source)
     experiment = load_experiment(config.experiments)
 
     def make_ranker(b: Bundle) -> Ranker:
@@ -253,13 +345,14 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
             history_limit=config.history_limit,
             rules=experiment.variants[0].rules,
             live_trending_ttl_s=config.live_trending_ttl_s,
+            text_encoder=text_encoder,
         )
         r.warmup()
         return r
 
     ranker = make_ranker(bundle)
     rankers = {p: make_ranker(load_bundle(p)) for p in {v.bundle for v in experiment.variants} if p}
-    servicer = RankingServicer(ranker, events, experiment, rankers)
+    servicer = RankingServicer(ranker, events, experiment, rankers, config.retrieve_budget_fraction)
 
     def swap(r: Ranker) -> None:  # one assignment: Recommend reads self.rankers once per call
         servicer.ranker = r

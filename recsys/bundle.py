@@ -246,6 +246,8 @@ def check_user_tower(bundle: Bundle, session: Any = None) -> None:
             raise BundleError(f"{bundle.path}: user_tower.onnx does not load: {e}") from None
     h, dim = bundle.spec.history_length, int(bundle.manifest["two_tower"]["dim"])
     want = {"hist_items": h, "hist_mask": h, "user_cats": len(USER_FIELDS)}
+    if bundle.spec.search_dim:  # trained with searches (recsys.features)
+        want["search_profile"] = bundle.spec.search_dim
     got = {i.name: i.shape for i in session.get_inputs()}
     if set(got) != set(want):
         raise BundleError(f"{bundle.path}: user_tower.onnx inputs {sorted(got)} != {sorted(want)}")

@@ -41,7 +41,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:
         ds = synthetic.generate(
             n_users=args.users, n_items=args.items_count, seed=args.seed, days=args.days,
-            interactions_per_user=args.per_user,
+            interactions_per_user=args.per_user, searches_per_user=args.searches_per_user,
         )
     data.save_dataset(ds, args.out)
     meta = data.load_dataset(args.out).meta
@@ -62,6 +62,7 @@ def _train_config(args: argparse.Namespace):
         two_tower=replace(tt, epochs=_given(args.epochs, tt.epochs), seed=args.seed),
         mf=replace(mf, iterations=_given(args.mf_iterations, mf.iterations), factors=_given(args.factors, mf.factors)),
         content=_given(getattr(args, "content", None), TrainConfig.content),
+        text_encoder=getattr(args, "text_encoder", None) or "",
     )
 
 
@@ -133,6 +134,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from training.text_encoder_export import export_encoder
+
+    meta = export_encoder(args.src, args.out, args.tolerance)
+    print(json.dumps({"encoder": str(args.out), **meta}, indent=2))
+    return 0
+
+
 # ---- serve -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     from recsys.grpc_server import single_thread_compute
@@ -194,13 +203,14 @@ def cmd_events_export(args: argparse.Namespace) -> int:
         # twice (a compaction interrupted between archive and delete) counts once
         keys: set[str] = set()
         events = itertools.chain(*(read_archive(a) for a in args.archive or ()), store.all_events())
-        logged = (LoggedEvent(e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms)
+        logged = (LoggedEvent(e.user_id, e.item_id, e.event_type, e.value, e.timestamp_ms, e.query)
                   for e in events if not (e.idempotency_key in keys or keys.add(e.idempotency_key)))
         merged, report = merge_events(load_dataset(args.data), logged)
     finally:
         store.close()
     save_dataset(merged, args.out)
-    print(json.dumps({"out": args.out, "events_merged": report.merged, "skipped": dict(report.skipped),
+    print(json.dumps({"out": args.out, "events_merged": report.merged, "searches_merged": report.searches,
+                      "skipped": dict(report.skipped),
                       "n_interactions": merged.meta["n_interactions"]}, indent=2))
     return 0
 
@@ -323,7 +333,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_catalog_update(args: argparse.Namespace) -> int:
     from training.catalog_update import update_catalog
 
-    path = update_catalog(args.bundle, args.data, args.out)
+    path = update_catalog(args.bundle, args.data, args.out, args.text_encoder or "")
     print(path if path else "no new items: bundle unchanged")
     return 0
 
@@ -374,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--days", type=int, default=180)
     s.add_argument("--per-user", type=int, default=40, help="mean interactions per user")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--searches-per-user", type=float, default=0.0,
+                   help="mean search queries per user, written to searches.csv (default 0: none)")
     d.set_defaults(func=cmd_data)
 
     def train_flags(x: argparse.ArgumentParser) -> None:
@@ -384,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--seed", type=int, default=0)
         x.add_argument("--content", choices=("multihot", "cbow"),
                        help="item content vectors (default: TrainConfig.content): genre/tag multi-hot, or plus CBOW")
+        x.add_argument("--text-encoder", metavar="DIR",
+                       help="search encoder directory (`recsys export-encoder`): item texts join the content vectors")
 
     t = sub.add_parser("train", help="train every model and write a bundle version")
     train_flags(t)
@@ -404,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="write the full report here")
     e.add_argument("--workdir", help="where the eval bundle goes (default: a temp dir)")
     e.set_defaults(func=cmd_eval)
+
+    xe = sub.add_parser("export-encoder",
+                        help="a local Hugging Face / sentence-transformers BERT directory -> ONNX search "
+                             "encoder directory (offline; RECSYS_TEXT_ENCODER, train --text-encoder)")
+    xe.add_argument("src", help="model directory: config.json, weights, tokenizer.json (nothing is downloaded)")
+    xe.add_argument("out", help="encoder directory to write: model.onnx, tokenizer.json, encoder.json")
+    xe.add_argument("--tolerance", type=float, default=1e-4, help="max |torch - onnx| of sentence vectors")
+    xe.set_defaults(func=cmd_export_encoder)
 
     sv = sub.add_parser(
         "serve", help="run a gRPC service",
@@ -524,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     cu.add_argument("--bundle", required=True, help="bundle root (uses LATEST) or version directory")
     cu.add_argument("--data", required=True, help="canonical dataset whose items.csv holds the new items")
     cu.add_argument("--out", help="bundle root to publish into (default: the bundle's own root)")
+    cu.add_argument("--text-encoder", metavar="DIR",
+                    help="the search encoder the bundle was trained with (needed when it was)")
     cu.set_defaults(func=cmd_catalog_update)
 
     dm = sub.add_parser("demo", help="synthetic data -> train -> both services -> recommendations")

@@ -132,6 +132,9 @@ class RankingConfig(CandidateChannelSettings, SecuritySettings):
     workers: int = 8
     candidate_address: str = "127.0.0.1:50051"
     retrieve_timeout_ms: int = 100  # deadline for Retrieve (capped by the caller's own)
+    # Share of the caller's remaining time Retrieve may use (also capped by
+    # retrieve_timeout_ms); the rest is kept for ranking and the re-ranking rules.
+    retrieve_budget_fraction: float = 0.6
     num_candidates: int = 300  # asked of the candidate tier per request
     event_db: str = "var/events.sqlite3"
     event_store_url: str = ""  # redis://host:port/db: the shared Redis store instead of event_db
@@ -146,6 +149,9 @@ class RankingConfig(CandidateChannelSettings, SecuritySettings):
     # many consecutive failed Retrieve calls (0 = no breaker), probe again after the cooldown.
     breaker_failures: int = 5
     breaker_cooldown_ms: int = 2000
+    # Search encoder directory (`recsys export-encoder`, recsys/text_encoder.py): logged
+    # searches then shape the content profile; "" = off (said so at start-up).
+    text_encoder: str = ""
 
     def validate(self) -> "RankingConfig":
         self._check_security()
@@ -154,6 +160,8 @@ class RankingConfig(CandidateChannelSettings, SecuritySettings):
         _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
         _check(":" in self.candidate_address, "candidate_address", self.candidate_address, "host:port")
         _check(1 <= self.retrieve_timeout_ms <= 60_000, "retrieve_timeout_ms", self.retrieve_timeout_ms, "1..60000")
+        _check(0.05 <= self.retrieve_budget_fraction <= 0.95, "retrieve_budget_fraction",
+               self.retrieve_budget_fraction, "0.05..0.95")
         _check(
             MAX_K <= self.num_candidates <= MAX_CANDIDATES,
             "num_candidates",
@@ -203,6 +211,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "workers"): "RECSYS_WORKERS",
     (RankingConfig, "candidate_address"): "RECSYS_CANDIDATE_ADDRESS",
     (RankingConfig, "retrieve_timeout_ms"): "RECSYS_RETRIEVE_TIMEOUT_MS",
+    (RankingConfig, "retrieve_budget_fraction"): "RECSYS_RETRIEVE_BUDGET_FRACTION",
     (RankingConfig, "num_candidates"): "RECSYS_NUM_CANDIDATES",
     (RankingConfig, "event_db"): "RECSYS_EVENT_DB",
     (RankingConfig, "event_store_url"): "RECSYS_EVENT_STORE_URL",
@@ -215,6 +224,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (RankingConfig, "reload_interval_s"): "RECSYS_RELOAD_INTERVAL_S",
     (RankingConfig, "breaker_failures"): "RECSYS_BREAKER_FAILURES",
     (RankingConfig, "breaker_cooldown_ms"): "RECSYS_BREAKER_COOLDOWN_MS",
+    (RankingConfig, "text_encoder"): "RECSYS_TEXT_ENCODER",
 }
 
 

@@ -8,6 +8,9 @@ User tower inputs (ONNX names):
 - `hist_items`  int64[B, H]: history item index + 1, 0 = padding (most recent first).
 - `hist_mask`   float32[B, H]: 1 where `hist_items` holds an item.
 - `user_cats`   int64[B, C]: one index per categorical field in `USER_FIELDS`, 0 = unknown.
+- `search_profile` float32[B, S]: only when the bundle was trained with searches
+  (`search_dim` S > 0): the user's search profile (recsys.text_encoder.SearchProfiles:
+  recency-weighted mean of their query vectors, centred and L2-normalised); zeros = none.
 Item tower inputs:
 - `item_ids`    int64[B]: item index + 1; 0 = "an item the towers never saw" (new items are
   embedded from their features alone; training drops ids at random to learn that).
@@ -39,6 +42,7 @@ class UserInput:
     occupation: str = ""
     region: str = ""
     time_ms: int = 0
+    search: Sequence[float] = ()  # search profile (search_dim values) or () for none
 
 
 @dataclass
@@ -51,6 +55,7 @@ class FeatureSpec:
     regions: list[str]
     genres: list[str]
     tags: list[str]
+    search_dim: int = 0  # width of the user tower's search_profile input; 0 = no such input
     _lookup: dict[str, dict[str, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -89,6 +94,7 @@ class FeatureSpec:
             "regions": self.regions,
             "genres": self.genres,
             "tags": self.tags,
+            "search_dim": self.search_dim,
         }
 
     @classmethod
@@ -102,6 +108,7 @@ class FeatureSpec:
             regions=list(data["regions"]),
             genres=list(data["genres"]),
             tags=list(data["tags"]),
+            search_dim=int(data.get("search_dim", 0)),  # older bundles: no search input
         )
 
     # ---- user side -------------------------------------------------------------------
@@ -116,7 +123,14 @@ class FeatureSpec:
             hist[row, : len(recent)] = np.asarray(recent, dtype=np.int64) + 1
             mask[row, : len(recent)] = 1.0
             cats[row] = self.user_categories(user)
-        return {"hist_items": hist, "hist_mask": mask, "user_cats": cats}
+        feeds = {"hist_items": hist, "hist_mask": mask, "user_cats": cats}
+        if self.search_dim:
+            search = np.zeros((n, self.search_dim), dtype=np.float32)
+            for row, user in enumerate(users):
+                if len(user.search) == self.search_dim:  # anything else: no search signal
+                    search[row] = np.asarray(user.search, dtype=np.float32)
+            feeds["search_profile"] = search
+        return feeds
 
     def user_categories(self, user: UserInput) -> list[int]:
         hour, weekday, season = time_context(user.time_ms)

@@ -38,17 +38,126 @@ EXIT_WATCHDOG_S = 10.0
 # client balancing over DNS re-resolves and finds replicas added since it connected.
 MAX_CONNECTION_AGE_MS = 300_000
 
+# Request metadata (headers) a server accepts. gRPC has a soft limit (`max_metadata_size`:
+# between it and the hard limit a request is refused at *random*) and a hard one
+# (`absolute_max_metadata_size`); both equal makes the refusal deterministic: a request
+# whose metadata is over this gets RESOURCE_EXHAUSTED "received metadata size exceeds hard
+# limit (N vs. 16384)" before any handler runs. Ours are a token, a traceparent and a
+# request id: well under 1 KiB.
+MAX_METADATA_BYTES = 16 * 1024
+
+# Keepalive, both ends agreeing (grpc doc/keepalive.md). Clients ping an idle connection
+# every KEEPALIVE_TIME_MS (without calls too, so a dead peer behind a silent NAT/conntrack
+# drop is found before the next call waits on it); servers accept pings as often as every
+# MIN_PING_INTERVAL_MS and also without calls. A client pinging faster than the server
+# allows gets GOAWAY `too_many_pings` after MAX_PING_STRIKES bad pings and reconnects: the
+# client's time must never be below the server's minimum (tests/test_rpc_client.py reads
+# both dicts). The server pings too, every SERVER_KEEPALIVE_TIME_MS, to reap dead clients.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+MIN_PING_INTERVAL_MS = 10_000
+MAX_PING_STRIKES = 2
+SERVER_KEEPALIVE_TIME_MS = 60_000
+KEEPALIVE_PERMIT_WITHOUT_CALLS = 1  # both ends: the client sends such pings, the server accepts them
+
+# Retries come from the service config and nowhere else (no retry loop in our code, so
+# they never stack; gRFC A6), for idempotent calls only, on UNAVAILABLE only (the replica
+# was down, restarting or draining; DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED are never
+# retried: that would multiply load on a tier that is already late or shedding):
+# - Retrieve, RetrieveBatch: pure reads;
+# - Recommend: a read (it writes nothing);
+# - LogEvents: idempotent by each event's idempotency_key (the store keeps the first copy
+#   and counts the rest as `duplicates`), so a retry of a batch that did commit stores
+#   nothing twice.
+# Attempts share the caller's deadline (a retry never extends it). retryThrottling is per
+# channel: every failed attempt costs a token, every success refunds tokenRatio, and once
+# the tokens fall to maxTokens/2 no retries are made until successes refill them, so a
+# tier that is failing for real (over ~1 call in 3 failing here) gets no retry storm.
+RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.02s",
+    "maxBackoff": "0.2s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+RETRY_THROTTLING = {"maxTokens": 20, "tokenRatio": 0.5}
+IDEMPOTENT_METHODS = (
+    ("recsys.v1.CandidateService", "Retrieve"),
+    ("recsys.v1.CandidateService", "RetrieveBatch"),
+    ("recsys.v1.RankingService", "Recommend"),
+    ("recsys.v1.RankingService", "LogEvents"),
+)
+
+# Client-side outlier ejection (gRFC A50, built into grpcio's C core): every `interval`,
+# a replica whose calls failed (any non-OK status) at >= `threshold` percent, over at least
+# `requestVolume` calls, is taken out of the round_robin for baseEjectionTime x (times
+# ejected), never more than maxEjectionPercent of the replicas (one of two). The breaker
+# (ranking_svc/breaker.py) covers the whole tier; this covers one bad replica among good
+# ones, which health checking misses when the replica still says SERVING.
+OUTLIER_DETECTION = {
+    "interval": "1s",
+    "baseEjectionTime": "10s",
+    "maxEjectionTime": "120s",
+    "maxEjectionPercent": 50,
+    "failurePercentageEjection": {
+        "threshold": 50,
+        "enforcementPercentage": 100,
+        "minimumHosts": 2,
+        "requestVolume": 5,
+    },
+    "childPolicy": [{"round_robin": {}}],
+}
+
 # Client side of the internal hop: round_robin over every address the target resolves to
 # (`ipv4:127.0.0.1:p1,127.0.0.1:p2` locally, `dns:///svc:port` of a headless Service in a
-# cluster), skipping any replica whose grpc.health.v1 status is not SERVING.
+# cluster), skipping any replica whose grpc.health.v1 status is not SERVING and ejecting
+# one that keeps failing; idempotent calls retried as above.
 CLIENT_SERVICE_CONFIG = json.dumps({
-    "loadBalancingConfig": [{"round_robin": {}}],
+    "loadBalancingConfig": [{"outlier_detection_experimental": OUTLIER_DETECTION}],
     "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [{
+        "name": [{"service": service, "method": method} for service, method in IDEMPOTENT_METHODS],
+        "retryPolicy": RETRY_POLICY,
+    }],
+    "retryThrottling": RETRY_THROTTLING,
 })
 
 
+def client_keepalive_options(time_ms: int = KEEPALIVE_TIME_MS) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", time_ms),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", KEEPALIVE_PERMIT_WITHOUT_CALLS),
+        ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle connection
+    ]
+
+
+def server_keepalive_options(min_ping_interval_ms: int = MIN_PING_INTERVAL_MS) -> list[tuple[str, int]]:
+    return [
+        ("grpc.keepalive_time_ms", SERVER_KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", KEEPALIVE_PERMIT_WITHOUT_CALLS),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_interval_ms),
+        ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+    ]
+
+
 def client_channel_options() -> list[tuple[str, object]]:
-    return [("grpc.service_config", CLIENT_SERVICE_CONFIG)]
+    """Every channel between our tiers (and the load generator's): the service config above
+    and keepalive agreeing with server_keepalive_options."""
+    return [("grpc.service_config", CLIENT_SERVICE_CONFIG), *client_keepalive_options()]
+
+
+def server_options() -> list[tuple[str, object]]:
+    return [
+        ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.so_reuseport", 0),
+        *server_keepalive_options(),
+    ]
 
 
 def single_thread_compute() -> None:
@@ -116,12 +225,7 @@ def build_server(
         maximum_concurrent_rpcs=workers * 16,
         # the guard goes innermost, so the metrics interceptor sees the code it sets
         interceptors=[*interceptors, *security.interceptors(), GuardInterceptor()],
-        options=[
-            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=server_options(),
     )
     for add in register:
         add(server)
@@ -143,7 +247,7 @@ def build_server(
     health_server, health_port = None, 0
     if security.health_port:
         health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
-                                    interceptors=[GuardInterceptor()], options=[("grpc.so_reuseport", 0)])
+                                    interceptors=[GuardInterceptor()], options=server_options())
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)  # same statuses
         health_port = health_server.add_insecure_port(f"{host}:{security.health_port}")
         if health_port == 0:

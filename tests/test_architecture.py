@@ -26,7 +26,7 @@ OURS = frozenset({"recsys", "candidate_svc", "ranking_svc", "training", "evaluat
 # The command line wires everything together, but only lazily, per subcommand.
 CLI_FILES = frozenset({"recsys/cli.py", "recsys/demo.py"})
 # torch: the trainer's model file; pipeline.py only to record versions in `_software`.
-TORCH_ANYWHERE = frozenset({"training/two_tower.py"})
+TORCH_ANYWHERE = frozenset({"training/two_tower.py", "training/text_encoder_export.py"})
 TORCH_IN_FUNCTION = {"training/pipeline.py": "_software"}
 
 

@@ -24,7 +24,7 @@ from candidate_svc.sources import (
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.item_to_item import ItemToItemSource
 from candidate_svc.sources.ranked import RegionalSource, popular, trending
-from candidate_svc.sources.two_tower import TwoTowerSource
+from candidate_svc.sources.two_tower import TwoTowerSource, prefer_inner_product
 
 N_ITEMS = 40
 DIM = 8
@@ -160,6 +160,25 @@ def test_two_tower_over_fetch_when_nearest_items_are_excluded():
     assert source.propose(ctx, 5, excluded).items.tolist() == expected[35:]
 
 
+def test_inner_product_search_on_unit_vectors_matches_cosine():
+    """prefer_inner_product: the Numba f32 distance is 1 - a.b (NumPy twin, 1e-6), exact
+    search returns the cosine index's keys, and vectors that are not unit stay on cosine."""
+    rng = np.random.default_rng(4)
+    emb = _unit(rng.normal(size=(300, DIM)))
+    queries = _unit(rng.normal(size=(20, DIM)))
+    cos = Index(ndim=DIM, metric="cos", dtype="f32")
+    cos.add(np.arange(300, dtype=np.uint64), emb)
+    want = cos.search(queries, 300, exact=True)
+    ip = cos.copy()
+    assert prefer_inner_product(ip, emb), "unit vectors in an f32 cosine index must switch"
+    got = ip.search(queries, 300, exact=True)
+    np.testing.assert_allclose(got.distances, 1.0 - np.take_along_axis(queries @ emb.T, got.keys.astype(np.int64), 1),
+                               atol=1e-6, err_msg="distance must be 1 - a.b within 1e-6")
+    np.testing.assert_allclose(got.distances, want.distances, atol=1e-6)
+    assert (got.keys[:, :10] == want.keys[:, :10]).mean() > 0.99, "top-10 keys must match the cosine index's"
+    assert not prefer_inner_product(Index(ndim=DIM, metric="cos", dtype="f32"), 2.0 * emb), "not unit: keep cosine"
+
+
 def test_fresh_draws_depend_on_the_seed_only():
     source, ctx, _ = _fresh()
     flat = FreshSource(np.full(8, NOW_S), np.full(8, 5.0), np.full(8, 10.0))  # equal posteriors
@@ -237,3 +256,61 @@ def test_merge_invariants_on_random_inputs(seed):
         assert prov, "every candidate has a provenance"
         for name in prov:
             assert name == FALLBACK[0] or item in proposals[name].items.tolist(), (item, name)
+
+
+def _merge_item_at_a_time(proposals, quotas, num, excluded, fallback):
+    """The merge as first written, one Python item at a time: the twin the array version
+    must match exactly (items, their order, provenance and its order, admitted counts)."""
+    order = [n for n in SOURCE_ORDER if n in proposals] + sorted(set(proposals) - set(SOURCE_ORDER))
+    chosen: dict[int, dict[str, float]] = {}
+    admitted = dict.fromkeys(order, 0)
+    cursor = dict.fromkeys(order, 0)
+    ids = {name: proposals[name].items.tolist() for name in order}
+
+    def admit(name, limit):
+        items, i = ids[name], cursor[name]
+        while i < len(items) and admitted[name] < limit and len(chosen) < num:
+            item = items[i]
+            i += 1
+            if item not in chosen:
+                chosen[item] = {}
+                admitted[name] += 1
+        cursor[name] = i
+
+    for name in order:
+        admit(name, quotas.get(name, 0))
+    for name in order:
+        admit(name, num)
+    fb_name, fb_order, fb_scores = fallback
+    if len(chosen) < num:
+        taken = excluded.copy()
+        taken[list(chosen)] = True
+        kept = [int(i) for i in fb_order if not taken[i]][: num - len(chosen)]
+        for item in kept:
+            chosen[item] = {fb_name: float(np.float32(fb_scores[item]))}
+        admitted[fb_name] = admitted.get(fb_name, 0) + len(kept)
+    for name in order:
+        for item, score in zip(ids[name], proposals[name].scores.tolist()):
+            if item in chosen and name not in chosen[item]:
+                chosen[item][name] = score
+    return list(chosen), list(chosen.values()), admitted
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_merge_matches_its_item_at_a_time_twin(seed):
+    rng = np.random.default_rng(100 + seed)
+    excluded = rng.random(N_ITEMS) < rng.uniform(0, 0.5)
+    num = int(rng.integers(1, N_ITEMS + 1))
+    names = [s for s in SOURCE_ORDER if rng.random() < 0.8] or [TWO_TOWER]
+    pool = np.flatnonzero(~excluded)
+    proposals = {}
+    for name in names:
+        take = rng.permutation(pool)[: rng.integers(0, len(pool) + 1)].astype(np.int64)
+        proposals[name] = Proposal(take, np.sort(rng.random(len(take)).astype(np.float32))[::-1].copy())
+    fallback = (POPULAR, rng.permutation(N_ITEMS).astype(np.int64), rng.random(N_ITEMS).astype(np.float32))
+    quotas = quotas_from_fractions(num, {n: rng.uniform(0, 0.4) for n in names})
+    m = merge(proposals, quotas, num, excluded, fallback)
+    items, sources, admitted = _merge_item_at_a_time(proposals, quotas, num, excluded, fallback)
+    assert m.items.tolist() == items
+    assert [list(s.items()) for s in m.sources] == [list(s.items()) for s in sources], "provenance or its order"
+    assert m.admitted == admitted

@@ -44,6 +44,7 @@ HELP_CASES: dict[tuple[str, ...], list[str]] = {
     ("cluster",): ["--bundle", "--candidates", "--rankings", "--metrics"],
     ("demo",): ["--workdir", "--users", "--items"],
     ("catalog-update",): ["--bundle", "--data", "--out"],
+    ("export-encoder",): ["src", "out", "--tolerance"],
     ("report",): ["--event-db"],
     ("events",): ["export", "compact"],
     ("events", "export"): ["--event-db", "--event-store-url", "--data", "--archive", "out"],

@@ -55,6 +55,7 @@ PINNED_DEFAULTS = {
         "workers": 8,
         "candidate_address": "127.0.0.1:50051",
         "retrieve_timeout_ms": 100,
+        "retrieve_budget_fraction": 0.6,
         "num_candidates": 300,
         "event_db": "var/events.sqlite3",
         "event_store_url": "",
@@ -67,6 +68,7 @@ PINNED_DEFAULTS = {
         "reload_interval_s": 0.0,
         "breaker_failures": 5,
         "breaker_cooldown_ms": 2000,
+        "text_encoder": "",
         **SECURITY_DEFAULTS,
         "candidate_tls_ca": "",
         "candidate_tls_cert": "",
@@ -118,6 +120,7 @@ ENV_VALUES = {
     "RECSYS_METRICS_PORT": ("9090", 9090),
     "RECSYS_CANDIDATE_ADDRESS": ("cand.internal:7000", "cand.internal:7000"),
     "RECSYS_RETRIEVE_TIMEOUT_MS": ("250", 250),
+    "RECSYS_RETRIEVE_BUDGET_FRACTION": ("0.5", 0.5),
     "RECSYS_NUM_CANDIDATES": ("500", 500),
     "RECSYS_EVENT_DB": ("/data/ev.sqlite3", "/data/ev.sqlite3"),
     "RECSYS_EVENT_STORE_URL": ("redis://redis.internal:6379/0", "redis://redis.internal:6379/0"),
@@ -130,6 +133,7 @@ ENV_VALUES = {
     "RECSYS_RELOAD_INTERVAL_S": ("10", 10.0),
     "RECSYS_BREAKER_FAILURES": ("3", 3),
     "RECSYS_BREAKER_COOLDOWN_MS": ("500", 500),
+    "RECSYS_TEXT_ENCODER": ("/srv/encoders/minilm", "/srv/encoders/minilm"),
     "RECSYS_TLS_CERT": ("/etc/recsys/tls.crt", "/etc/recsys/tls.crt"),
     "RECSYS_TLS_KEY": ("/etc/recsys/tls.key", "/etc/recsys/tls.key"),
     "RECSYS_TLS_CLIENT_CA": ("/etc/recsys/ca.crt", "/etc/recsys/ca.crt"),
@@ -287,6 +291,8 @@ OUT_OF_RANGE = [
     (RankingConfig, "candidate_address", ""),
     (RankingConfig, "retrieve_timeout_ms", 0),
     (RankingConfig, "retrieve_timeout_ms", 60_001),
+    (RankingConfig, "retrieve_budget_fraction", 0.0),
+    (RankingConfig, "retrieve_budget_fraction", 1.0),
     (RankingConfig, "num_candidates", MAX_K - 1),
     (RankingConfig, "num_candidates", MAX_CANDIDATES + 1),
     (RankingConfig, "event_store_url", "127.0.0.1:6379"),  # a URL, not an address
@@ -337,6 +343,8 @@ IN_RANGE_EDGES = [
     (RankingConfig, "candidate_address", "[::1]:50051"),
     (RankingConfig, "retrieve_timeout_ms", 1),
     (RankingConfig, "retrieve_timeout_ms", 60_000),
+    (RankingConfig, "retrieve_budget_fraction", 0.05),
+    (RankingConfig, "retrieve_budget_fraction", 0.95),
     (RankingConfig, "num_candidates", MAX_K),
     (RankingConfig, "num_candidates", MAX_CANDIDATES),
     (RankingConfig, "event_store_url", ""),  # SQLite
@@ -358,7 +366,7 @@ IN_RANGE_EDGES = [
     (RankingConfig, "breaker_cooldown_ms", 600_000),
 ]
 
-UNVALIDATED = {"bundle", "host", "event_db", "experiments",
+UNVALIDATED = {"bundle", "host", "event_db", "experiments", "text_encoder",
                # files, read (and checked to go together) by recsys.security at server start
                "tls_cert", "tls_key", "tls_client_ca", "auth_tokens", "candidate_tls_ca", "candidate_tls_cert",
                "candidate_tls_key", "reflection"}  # free text: checked where they are used

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "k8s" / "base"
 LOCAL = DEPLOY / "k8s" / "overlays" / "local"
+MTLS = DEPLOY / "k8s" / "overlays" / "mtls"
 COMPOSE = DEPLOY / "docker-compose.yaml"
 SERVING_DOCKERFILE = DEPLOY / "Dockerfile.serving"
 TRAIN_DOCKERFILE = DEPLOY / "Dockerfile.train"
@@ -111,7 +112,7 @@ def test_deploy_tree_has_the_expected_files():
         *(BASE / n for n in ("kustomization.yaml", "candidate.yaml", "ranking.yaml",
                              "configmap.yaml", "bundle-pvc.yaml", "train-cronjob.yaml",
                              "hpa.yaml", "pdb.yaml", "redis.yaml")),
-        LOCAL / "kustomization.yaml",
+        LOCAL / "kustomization.yaml", MTLS / "kustomization.yaml",
     ]  # fmt: skip
     missing = [str(p.relative_to(ROOT)) for p in expected if not p.is_file()]
     assert not missing
@@ -142,19 +143,8 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         spec = pod_spec(d)
         assert d["spec"]["selector"]["matchLabels"].items() <= spec_labels(d).items(), name
         (container,) = spec["containers"]
-        all_ports = [p["containerPort"] for p in container["ports"]]
-        assert sorted(all_ports) == sorted([SERVICE_PORTS[service], METRICS_PORT]), f"{name}: {all_ports}"
         ports = [named_ports(container).get("grpc")]
         assert ports == [SERVICE_PORTS[service]], f"{name}: the grpc port {ports}"
-
-        # gRPC health (grpc.health.v1) on the port the service listens on
-        for probe in ("livenessProbe", "readinessProbe"):
-            assert probe in container, f"{name}: no {probe}"
-            assert container[probe].get("grpc", {}).get("port") in ports, (
-                f"{name}: {probe} {container[probe]}"
-            )
-        if "startupProbe" in container:
-            assert container["startupProbe"]["grpc"]["port"] in ports, name
 
         resources = container.get("resources", {})
         for part in ("requests", "limits"):
@@ -189,6 +179,7 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         assert not {k for k in env if k.startswith("RECSYS_")} - known
         cls = CandidateConfig if service == "candidate" else RankingConfig
         config = load(cls, env=env)  # validates
+        check_probes(name, container, config, volumes, mounts)
         assert config.host == "0.0.0.0", f"{name}: must listen beyond loopback"
         assert config.port == SERVICE_PORTS[service]
         assert config.bundle == "/bundles"
@@ -217,6 +208,32 @@ def check_deployments(objects: list[dict[str, Any]], *, one_cpu: bool) -> None:
         )
         pre_stop_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
         assert spec.get("terminationGracePeriodSeconds", 30) > grace + pre_stop_s, name
+
+
+def check_probes(name: str, container: dict[str, Any], config: Any, volumes: dict[str, Any],
+                 mounts: dict[str, Any]) -> None:
+    """gRPC health (grpc.health.v1) probes: on the service port in plaintext; on the
+    plaintext health port (RECSYS_HEALTH_PORT) when the service port speaks TLS, since
+    Kubernetes gRPC probes cannot do TLS (a probe on the TLS port fails every time)."""
+    all_ports = sorted(p["containerPort"] for p in container["ports"])
+    expected = sorted([config.port, METRICS_PORT, *([config.health_port] if config.health_port else [])])
+    assert all_ports == expected, f"{name}: container ports {all_ports}, expected {expected}"
+    if config.health_port:
+        assert named_ports(container).get("health") == config.health_port, f"{name}: health containerPort"
+    assert not config.tls_cert or config.health_port, f"{name}: TLS on the service port needs a health port"
+    probe_port = config.health_port if config.tls_cert else config.port
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        if probe == "startupProbe" and probe not in container:
+            continue
+        assert probe in container, f"{name}: no {probe}"
+        port = container[probe].get("grpc", {}).get("port")
+        assert port == probe_port, f"{name}: {probe} on port {port}, the health service is plaintext on {probe_port}"
+    for path in filter(None, (config.tls_cert, config.tls_key, config.tls_client_ca,
+                              getattr(config, "candidate_tls_ca", ""), getattr(config, "candidate_tls_cert", ""),
+                              getattr(config, "candidate_tls_key", ""))):
+        mount = mounts.get(str(Path(path).parent))
+        assert mount and mount.get("readOnly") is True, f"{name}: {path} is not on a read-only mount"
+        assert "secret" in volumes[mount["name"]], f"{name}: {path} must come from a Secret"
 
 
 def spec_labels(deployment: dict[str, Any]) -> dict[str, str]:
@@ -330,7 +347,7 @@ def kustomize_refs(kustomization: dict[str, Any]) -> list[str]:
     return refs
 
 
-@pytest.mark.parametrize("directory", [BASE, LOCAL], ids=["base", "overlays/local"])
+@pytest.mark.parametrize("directory", [BASE, LOCAL, MTLS], ids=["base", "overlays/local", "overlays/mtls"])
 def test_kustomization_lists_every_file_and_only_existing_ones(directory):
     (kustomization,) = load_docs(directory / "kustomization.yaml")
     refs = kustomize_refs(kustomization)
@@ -553,6 +570,34 @@ def test_kubectl_renders_the_local_overlay():
     } == {"recsys-train:dev"}
 
 
+def test_kubectl_renders_the_mtls_overlay_with_probes_on_the_plaintext_health_port():
+    objects = kustomize(MTLS)
+    check_deployments(objects, one_cpu=True)
+    check_services(objects)
+    configmaps = {c["metadata"]["name"]: c["data"] for c in of_kind(objects, "ConfigMap")}
+    for d in of_kind(objects, "Deployment"):
+        service = service_of(d)
+        (container,) = pod_spec(d)["containers"]
+        cls = CandidateConfig if service == "candidate" else RankingConfig
+        config = load(cls, env=container_env(container, configmaps))
+        assert config.tls_cert and config.tls_key and config.tls_client_ca, f"{service}: mTLS is on"
+        assert config.health_port and config.health_port != config.port
+        if service == "ranking":  # the internal hop is mTLS too
+            assert config.candidate_tls_ca and config.candidate_tls_cert and config.candidate_tls_key
+    for svc in serving_services(objects):
+        assert all("appProtocol" not in p for p in svc["spec"]["ports"]), "h2c is wrong under TLS"
+
+
+def test_a_probe_left_on_the_tls_port_is_caught():
+    import copy
+
+    objects = copy.deepcopy(kustomize(MTLS))
+    (container,) = pod_spec(by_name(objects, "Deployment", "recsys-candidate"))["containers"]
+    container["readinessProbe"]["grpc"]["port"] = SERVICE_PORTS["candidate"]
+    with pytest.raises(AssertionError, match="readinessProbe on port"):
+        check_deployments(objects, one_cpu=True)
+
+
 def test_kubectl_renders_the_base():
     objects = kustomize(BASE)
     assert {o["kind"] for o in objects} >= {
@@ -598,7 +643,7 @@ def test_every_base_object_matches_the_api_schema():
     assert not schema_errors(objects)
 
 
-@pytest.mark.parametrize("directory", [BASE, LOCAL], ids=["base", "overlays/local"])
+@pytest.mark.parametrize("directory", [BASE, LOCAL, MTLS], ids=["base", "overlays/local", "overlays/mtls"])
 def test_rendered_objects_match_the_api_schema(directory):
     assert not schema_errors(kustomize(directory))
 
@@ -668,5 +713,6 @@ def test_candidate_service_is_headless_for_client_side_balancing():
     (container,) = pod_spec(by_name(base_objects(), "Deployment", "recsys-ranking"))["containers"]
     address = next(e["value"] for e in container["env"] if e["name"] == "RECSYS_CANDIDATE_ADDRESS")
     assert address.startswith("dns:///")
-    assert json.loads(CLIENT_SERVICE_CONFIG)["loadBalancingConfig"] == [{"round_robin": {}}]
+    (lb,) = json.loads(CLIENT_SERVICE_CONFIG)["loadBalancingConfig"]  # round_robin under outlier ejection
+    assert lb["outlier_detection_experimental"]["childPolicy"] == [{"round_robin": {}}]
 

@@ -216,3 +216,37 @@ def test_sigterm_with_calls_in_flight_drains_and_exits_0(stack, bundle):
     assert len(answers) == 6 and all(len(a.items) == 5 and a.degraded for a in answers), answers
     assert code == 0 and exit_s < grace_s, f"exit {code} after {exit_s:.1f}s (grace {grace_s}s)"
     print(f"SIGTERM: 6 in-flight calls answered, new call UNAVAILABLE, exit 0 after {exit_s:.1f}s")
+
+
+def test_sigterm_to_the_candidate_tier_watched_by_a_ranking_replica_drains_fast_under_load(stack, bundle):
+    """The ranking replica's channel keeps a health Watch open on the candidate replica
+    (client-side health checking). SIGTERM to the candidate: the drain sends NOT_SERVING
+    and ends that stream (recsys/health.py), so the candidate exits 0 long before its grace
+    period (an open stream is an in-flight call: before, it held the drain to the end);
+    meanwhile every Recommend answers OK, degraded once the tier is gone."""
+    root, _, work = stack
+    grace_s = 20.0
+    cand = start_service("candidate", ["--bundle", str(root)], work / "candidate-drain",
+                         env={"RECSYS_GRACE_S": str(grace_s)})
+    rank = None
+    try:
+        rank = start_service(
+            "ranking", ["--bundle", str(root), "--candidate-address", cand.address,
+                        "--event-db", str(work / "events-drain.sqlite3"), "--retrieve-timeout-ms", "2000"],
+            work / "ranking-drain", env={"RECSYS_BREAKER_FAILURES": "0"})
+        with Load(rank.address, bundle.user_ids) as load:
+            load.wait_for(lambda r: r[2] == "OK" and not r[3], 30, "non-degraded (the hop and its Watch are up)")
+            t0 = time.monotonic()
+            cand.proc.send_signal(signal.SIGTERM)
+            code = cand.proc.wait(grace_s + 10)
+            exit_s = time.monotonic() - t0
+            load.wait_for(lambda r: r[2] == "OK" and r[3], 30, "degraded after the candidate tier left")
+    finally:
+        if rank is not None:
+            rank.stop()
+        if cand.proc.poll() is None:
+            cand.proc.kill()
+    assert code == 0, f"exit {code}:\n{cand.log_tail()}"
+    assert exit_s < grace_s / 2, f"drain took {exit_s:.1f}s of the {grace_s}s grace: a Watch stream held it"
+    assert not load.failures(), f"Recommend calls failed: {load.failures()[:5]}"
+    print(f"candidate SIGTERM: {len(load.results)} calls, 0 failed, exit 0 after {exit_s:.1f}s (grace {grace_s:.0f}s)")

@@ -62,6 +62,10 @@ def test_watch_follows_changes_and_the_drain_ends_it_well_inside_the_grace_perio
         reader = threading.Thread(target=read)
         reader.start()
         assert next(unknown).status == SERVICE_UNKNOWN
+        for _ in range(200):  # the first answer (NOT_SERVING) before anything changes
+            if seen:
+                break
+            time.sleep(0.05)
         served.set_serving(True)
         served.health.set("later.v1.Svc", SERVING)
         assert next(unknown).status == SERVING

@@ -12,7 +12,15 @@ import pytest
 from evaluation.run import InProcessCandidateSource
 from ranking_svc.events import MemoryEventStore, SQLiteEventStore, StoredEvent, click_rates
 from ranking_svc.experiments import bucket, load_experiment, parse_experiment
-from ranking_svc.ranker import FALLBACK, FALLBACK_TRENDING, CandidateUnavailable, Demographics, Ranker
+from ranking_svc.ranker import (
+    FALLBACK,
+    FALLBACK_TRENDING,
+    CandidateList,
+    CandidateUnavailable,
+    Demographics,
+    LazyList,
+    Ranker,
+)
 from ranking_svc.rules import RuleConfig, RuleConfigError
 from recsys.ranking_features import FEATURE_NAMES
 
@@ -51,6 +59,55 @@ def test_explanations_name_the_real_sources_and_feature_contributions(ranker, bu
     for c in lead.explanation.features:
         assert c.value == pytest.approx(float(feats[FEATURE_NAMES.index(c.name)]), abs=1e-5), c.name
     assert ranker.recommend(user, 10, time_ms=T).items[0].explanation is None, "explain is off by default"
+
+
+def test_lazy_list_reads_like_a_list_and_makes_each_value_once():
+    made = []
+
+    def make(i):
+        made.append(i)
+        return [f"s{i}"]
+
+    lazy, eager = LazyList(5, make), [[f"s{i}"] for i in range(5)]
+    assert len(lazy) == 5 and made == [], "nothing is made before it is read"
+    assert lazy[3] == eager[3] and lazy[-1] == eager[-1] and lazy[1:4] == eager[1:4]
+    assert list(lazy) == eager and lazy[3] is lazy[3]
+    assert sorted(made) == [0, 1, 2, 3, 4], "each value made once"
+    with pytest.raises(IndexError):
+        lazy[5]
+
+
+def test_lazily_decoded_sources_give_the_same_answer(ranker, bundle):
+    """Recommend reads a candidate's sources only for the items it returns: a source whose
+    sources are a LazyList (as the gRPC source's are), with an id the bundle does not know
+    mixed in, answers exactly as the eager lists do, and decodes at most k of them."""
+    inner = ranker.candidates
+
+    class Lazy:
+        def __init__(self):
+            self.decoded = 0
+
+        def fetch(self, *args):
+            got = inner.fetch(*args)
+            ids = ["no-such-item", *got.item_ids]
+            eager = [["popular"], *got.sources]
+
+            def decode(i):
+                self.decoded += 1
+                return list(eager[i])
+
+            return CandidateList(ids, [0.0, *got.two_tower_scores], LazyList(len(ids), decode), got.user_embedding)
+
+    lazy_source = Lazy()
+    lazy = Ranker(bundle, lazy_source, MemoryEventStore(), num_candidates=150)
+    for u in (1, 4, 9):
+        user = bundle.user_ids[u]
+        want = ranker.recommend(user, 10, time_ms=T, explain=True)
+        got = lazy.recommend(user, 10, time_ms=T, explain=True)
+        assert [(it.item_id, it.sources, it.explanation.sources) for it in got.items] == \
+            [(it.item_id, it.sources, it.explanation.sources) for it in want.items]
+        assert [it.score for it in got.items] == pytest.approx([it.score for it in want.items], abs=1e-6)
+    assert lazy_source.decoded <= 3 * 10, "sources decoded beyond the returned items"
 
 
 def test_explanations_report_rule_moves(ranker, bundle):

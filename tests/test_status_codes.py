@@ -19,6 +19,8 @@ from grpc_health.v1 import health_pb2
 
 from ranking_svc.events import EventStoreUnavailable
 from ranking_svc.ranker import CandidateUnavailable
+from recsys import validation as v
+from recsys.grpc_server import MAX_METADATA_BYTES
 from recsys.rpc_guard import INTERNAL_MESSAGE
 from recsys.v1 import candidate_pb2, ranking_pb2
 from tests.service_stack import serve_both
@@ -46,6 +48,12 @@ def _cand_down(*_a, **_k):
     raise CandidateUnavailable("UNAVAILABLE: connection refused")
 
 
+def _refuse(field: str):
+    def decode(*_a, **_k):
+        raise v.InvalidArgument(field, "refused by an injected fault")
+    return decode
+
+
 def _event(**kw) -> ranking_pb2.Event:
     base = dict(idempotency_key=f"k{time.monotonic_ns()}", user_id="u1", item_id="i1",
                 type=ranking_pb2.EVENT_TYPE_CLICK, timestamp_ms=NOW())
@@ -56,6 +64,7 @@ def _retrieve(**kw):
     return candidate_pb2.RetrieveRequest(**{"num_candidates": 10, **kw})
 
 
+CAND_REFUSED = "candidate tier refused the request: "
 RETRIEVE = "/recsys.v1.CandidateService/Retrieve"
 RECOMMEND = "/recsys.v1.RankingService/Recommend"
 
@@ -119,6 +128,20 @@ def _c_rec_degraded(s, mp):
     assert r.degraded and "UNAVAILABLE" in r.degraded_reason and len(r.items) == 5
 
 
+def _c_rec_cand_refuses_caller_field(s, mp):
+    mp.setattr("candidate_svc.server.decode_retrieve", _refuse("user_id"))
+    s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
+
+
+def _c_rec_cand_refuses_our_request(s, mp):
+    mp.setattr(s.retriever, "retrieve", _fail)  # a bug in the candidate tier: INTERNAL there
+    with pytest.raises(grpc.RpcError) as err:
+        s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
+    assert err.value.code() == C.INTERNAL and err.value.details().startswith(CAND_REFUSED + "INTERNAL: ")
+    mp.setattr("candidate_svc.server.decode_retrieve", _refuse("history_item_ids[0]"))  # a field we built
+    s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
+
+
 def _c_rec_bad_field(s, mp):
     s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=0), timeout=10)
 
@@ -176,6 +199,11 @@ def _c_any_unknown_method(s, mp):
     s.raw(s.rank_channel, "/recsys.v1.RankingService/NoSuchMethod", b"")
 
 
+def _c_any_huge_metadata(s, mp):
+    s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10,
+                        metadata=(("x-big", "a" * (MAX_METADATA_BYTES + 1)),))
+
+
 CASES: dict[tuple[str, str], tuple[Callable, grpc.StatusCode]] = {
     ("Retrieve", "valid request"): (_c_retrieve_ok, C.OK),
     ("Retrieve", "a field out of its limits"): (_c_retrieve_bad_field, C.INVALID_ARGUMENT),
@@ -190,6 +218,10 @@ CASES: dict[tuple[str, str], tuple[Callable, grpc.StatusCode]] = {
     ("Recommend", "valid request"): (_c_rec_ok, C.OK),
     ("Recommend", "unknown user"): (_c_rec_unknown_user, C.OK),
     ("Recommend", "candidate tier down or late"): (_c_rec_degraded, C.OK),
+    ("Recommend", "candidate tier refuses a field the caller sent"):
+        (_c_rec_cand_refuses_caller_field, C.INVALID_ARGUMENT),
+    ("Recommend", "candidate tier refuses the request this tier built, or fails"):
+        (_c_rec_cand_refuses_our_request, C.INTERNAL),
     ("Recommend", "a field out of its limits"): (_c_rec_bad_field, C.INVALID_ARGUMENT),
     ("Recommend", "bytes that are not a RecommendRequest"): (_c_rec_bytes, C.INVALID_ARGUMENT),
     ("Recommend", "event store failing"): (_c_rec_store_down, C.UNAVAILABLE),
@@ -201,6 +233,7 @@ CASES: dict[tuple[str, str], tuple[Callable, grpc.StatusCode]] = {
     ("health", "Check, not ready or draining"): (_c_health_not_ready, C.OK),
     ("health", "Check of an unknown service name"): (_c_health_unknown, C.NOT_FOUND),
     ("any", "a method the service does not have"): (_c_any_unknown_method, C.UNIMPLEMENTED),
+    ("any", "request metadata (headers) over 16 KiB"): (_c_any_huge_metadata, C.RESOURCE_EXHAUSTED),
 }
 
 # rows whose case lives in another file (they need a differently configured server)
@@ -245,7 +278,9 @@ def test_status_code(stack, monkeypatch, key):
     assert err.value.code() == expected, (key, err.value.code(), err.value.details())
     details = err.value.details() or ""
     assert "Traceback" not in details and ".py" not in details, f"leaked a trace: {details!r}"
-    if expected == C.INTERNAL:
+    if expected == C.INTERNAL and call is _c_rec_cand_refuses_our_request:
+        assert details.startswith(CAND_REFUSED + "INVALID_ARGUMENT: history_item_ids[0]: "), details
+    elif expected == C.INTERNAL:
         assert details == INTERNAL_MESSAGE, details
     if expected == C.INVALID_ARGUMENT:
         assert re.match(r"^[a-z_\[\]0-9.]+: ", details), f"must name the field path first: {details!r}"

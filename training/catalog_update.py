@@ -13,7 +13,10 @@ What new items get, besides their embedding and index entry:
 - content vectors with the IDF of the grown catalogue (old rows keep theirs: the drift is
   one term of the IDF, refreshed at the next training); for a `cbow` bundle the multi-hot
   part so, and the CBOW part from the bundle's token model (training.content: vocabulary,
-  IDF and vectors frozen at training; tokens it does not know are skipped);
+  IDF and vectors frozen at training; tokens it does not know are skipped); for a bundle
+  trained with a search encoder (manifest `content.text`) the text part from the same
+  encoder (`text_encoder`, checked against the manifest's model hash), centred on the
+  training catalogue's mean;
 - item_neighbours for the new items from the grown index (old items' neighbour lists are
   kept: new items reach them through the two-tower and fresh sources until retraining).
 
@@ -68,9 +71,12 @@ def embed_new_items(item_tower: Path, features: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(sess.run(None, {"item_ids": ids, "item_feats": features})[0], dtype=np.float32)
 
 
-def update_catalog(bundle_path: str | Path, data: str | Path, out_root: str | Path | None = None) -> Path | None:
+def update_catalog(bundle_path: str | Path, data: str | Path, out_root: str | Path | None = None,
+                   text_encoder: str = "") -> Path | None:
     """Publish a new version of the bundle at `bundle_path` holding the items of the dataset
-    at `data` that it lacks; returns its directory, or None when there is nothing new."""
+    at `data` that it lacks; returns its directory, or None when there is nothing new.
+    `text_encoder`: the search encoder directory, required for a bundle whose content
+    vectors hold item texts."""
     base = load_bundle(bundle_path)
     items = load_dataset(data).items
     new = items[~items["item_id"].astype(str).isin(base.item_index)].reset_index(drop=True)
@@ -89,7 +95,7 @@ def update_catalog(bundle_path: str | Path, data: str | Path, out_root: str | Pa
         index = Index.restore(str(base.file("index.usearch")))  # a loaded copy, not a view
         index.add(keys.astype(np.uint64), emb)
         index.save(str(w.path("index.usearch")))
-        arrays = _grown_arrays(base, new, feats, emb, index, keys)
+        arrays = _grown_arrays(base, new, feats, emb, index, keys, text_encoder)
         for name, array in arrays.items():
             w.save_array(name, array)
         for src in sorted(base.path.iterdir()):
@@ -107,13 +113,13 @@ def update_catalog(bundle_path: str | Path, data: str | Path, out_root: str | Pa
 
 
 def _grown_arrays(base: Bundle, new, feats: np.ndarray, emb: np.ndarray, index: Index,
-                  keys: np.ndarray) -> dict[str, np.ndarray]:
+                  keys: np.ndarray, text_encoder: str = "") -> dict[str, np.ndarray]:
     m = len(new)
     x = base.extras
     out = {
         "item_embeddings": np.vstack([base.item_embeddings, emb]),
         "mf_item_factors": np.vstack([base.mf_item_factors, np.zeros((m, base.mf_item_factors.shape[1]), np.float32)]),
-        "content": np.vstack([base.content, new_content_rows(base, new, feats)]),
+        "content": np.vstack([base.content, new_content_rows(base, new, feats, text_encoder)]),
         "popularity": np.concatenate([base.popularity, np.zeros(m, np.float32)]),
     }
     for name in ("trending", "item_clicks", "item_impressions"):
@@ -132,18 +138,40 @@ def _grown_arrays(base: Bundle, new, feats: np.ndarray, emb: np.ndarray, index: 
     return out
 
 
-def new_content_rows(base: Bundle, new, feats: np.ndarray) -> np.ndarray:
+def new_content_rows(base: Bundle, new, feats: np.ndarray, text_encoder: str = "") -> np.ndarray:
     """Content vectors of the new items, of the base bundle's kind (manifest `content`)."""
+    from recsys.text_encoder import TextEncoder, TextLayout
+
+    layout = TextLayout.from_manifest(base.manifest)
+    if layout is None:
+        return _item_content_rows(base, base.content, new, feats)
+    if not text_encoder:
+        raise bundle_fmt.BundleError(f"{base.path}: its content vectors hold item texts encoded by "
+                                     f"{layout.encoder!r}: give that encoder (--text-encoder DIR)")
+    encoder = TextEncoder(text_encoder, cache_size=0)
+    if encoder.dim != layout.dim or (layout.model_sha256 and layout.model_sha256 != encoder.meta.get("model_sha256")):
+        raise bundle_fmt.BundleError(f"{base.path}: item texts were encoded by {layout.encoder!r} (dim {layout.dim}),"
+                                     f" not by {encoder.name!r} (dim {encoder.dim})")
+    center = layout.center if layout.center is not None else np.zeros(layout.dim, np.float32)
+    text = content_mod.l2_rows(encoder.encode_uncached(content_mod.catalogue_texts(new)) - center)
+    # the old rows' first part is a positive multiple of what _item_content_rows reads
+    rest = _item_content_rows(base, base.content[:, : layout.offset], new, feats)
+    return content_mod.with_text(rest, text, layout.share)
+
+
+def _item_content_rows(base: Bundle, content: np.ndarray, new, feats: np.ndarray) -> np.ndarray:
+    """The multi-hot (and CBOW) part of the new items' content vectors; `content` is the
+    old rows' same part."""
     g = feats.shape[1]
     kind = base.manifest.get("content", {}).get("kind", "multihot")  # older bundles: multihot
     if kind == "multihot":
-        return _content_rows(base.content, feats)
+        return _content_rows(content, feats)
     model = content_mod.TokenModel.load(base.path)
-    if model is None or base.content.shape[1] != g + model.dim:
+    if model is None or content.shape[1] != g + model.dim:
         raise bundle_fmt.BundleError(f"{base.path}: content kind {kind!r} without a matching token model")
     # Old rows' multi-hot part is a positive multiple of their multi-hot row, so its sign
     # pattern still gives the document frequencies _content_rows needs.
-    multihot = _content_rows(base.content[:, :g], feats)
+    multihot = _content_rows(content[:, :g], feats)
     share = float(base.manifest["content"]["cbow"]["multihot_share"])
     return content_mod.combine(multihot, model.embed(content_mod.catalogue_tokens(new)), share)
 

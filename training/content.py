@@ -19,6 +19,14 @@ recall@20 (test items with <= 5 train positives):
 so `cbow` with the multi-hot kept is the default: a small overall gain, no measurable change
 on the cold slice, and the genre signal kept for near-duplicates and MMR.
 
+With a search encoder (TrainConfig.text_encoder, recsys/text_encoder.py) each item's text
+(title, genres, tags) is also encoded by the same sentence encoder that encodes users'
+search queries, and the content vector becomes [sqrt(1 - s) * content | sqrt(s) * text]
+(`with_text`, s = text_share): the ranker's content cosine, MMR and near-duplicates then
+see the encoder's notion of likeness too, and a user's search profile can be compared
+with items in the same space (the ranking tier adds it to the content profile's text part;
+the bundle manifest's `content.text` names the slice and the encoder).
+
 The word vectors are gensim's Word2Vec in CBOW mode (sg=0), trained on one "sentence" of
 tokens per item, deterministic for a seed (one worker; a stable hash in place of Python's
 salted `hash` for the initial vectors). The vocabulary, its IDF and its vectors are saved in
@@ -157,3 +165,19 @@ def train_token_model(docs: Sequence[Sequence[str]], p: CBOWParams = CBOWParams(
 def combine(multihot: np.ndarray, cbow: np.ndarray, share: float) -> np.ndarray:
     """[sqrt(share) * multihot | sqrt(1 - share) * cbow], rows L2-normalised."""
     return l2_rows(np.hstack([np.sqrt(share) * multihot, np.sqrt(1.0 - share) * cbow]))
+
+
+def item_text(title: str, genres: Sequence[str], tags: Sequence[str]) -> str:
+    """What the sentence encoder reads for an item: "title. genre, genre. tag, tag"."""
+    return ". ".join(part for part in (str(title), ", ".join(genres), ", ".join(tags)) if part)
+
+
+def catalogue_texts(items) -> list[str]:
+    """item_text for every row of a dataset's items frame."""
+    return [item_text(t, g, tg) for t, g, tg in zip(items["title"], items["genres"], items["tags"])]
+
+
+def with_text(content: np.ndarray, text: np.ndarray, share: float) -> np.ndarray:
+    """[sqrt(1 - share) * content | sqrt(share) * text], rows L2-normalised, so
+    cos = (1 - share) * cos_content + share * cos_text for rows with both parts non-zero."""
+    return l2_rows(np.hstack([np.sqrt(1.0 - share) * content, np.sqrt(share) * text]))

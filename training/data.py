@@ -33,16 +33,23 @@ MAX_ID_CHARS = 128
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "value")
 ITEM_COLUMNS = ("item_id", "title", "genres", "tags", "created_at", "creator", "flags", "owner_id")
 USER_COLUMNS = ("user_id", "age", "gender", "occupation", "region")
+SEARCH_COLUMNS = ("user_id", "timestamp", "query")
+MAX_QUERY_CHARS = 512  # as the ranking tier's LogEvents accepts
 
 _FILES = {"interactions": "interactions.csv", "items": "items.csv", "users": "users.csv"}
-_COLUMNS = {"interactions": INTERACTION_COLUMNS, "items": ITEM_COLUMNS, "users": USER_COLUMNS}
+_OPTIONAL_FILES = {"searches": "searches.csv"}  # written only when it has rows
+_ALL_FILES = {**_FILES, **_OPTIONAL_FILES}
+_COLUMNS = {"interactions": INTERACTION_COLUMNS, "items": ITEM_COLUMNS, "users": USER_COLUMNS,
+            "searches": SEARCH_COLUMNS}
 _STR_COLUMNS = {
     "interactions": ("user_id", "item_id", "event_type"),
     "items": ("item_id", "title", "creator", "owner_id"),
     "users": ("user_id", "gender", "occupation", "region"),
+    "searches": ("user_id", "query"),
 }
-_INT_COLUMNS = {"interactions": ("timestamp",), "items": ("created_at",), "users": ("age",)}
-_LIST_COLUMNS = {"interactions": (), "items": ("genres", "tags", "flags"), "users": ()}
+_INT_COLUMNS = {"interactions": ("timestamp",), "items": ("created_at",), "users": ("age",),
+                "searches": ("timestamp",)}
+_LIST_COLUMNS = {"interactions": (), "items": ("genres", "tags", "flags"), "users": (), "searches": ()}
 _DEFAULTS: dict[str, Any] = {
     "value": 1.0, "title": "", "creator": "", "owner_id": "", "age": 0,
     "gender": "", "occupation": "", "region": "", "genres": None, "tags": None, "flags": None,
@@ -65,12 +72,14 @@ class Dataset:
     items: pd.DataFrame
     users: pd.DataFrame  # may have zero rows
     meta: dict[str, Any] = field(default_factory=dict)
+    # logged search queries (user_id, timestamp, query), sorted by time; usually empty
+    searches: pd.DataFrame = field(default_factory=lambda: _coerce(None, "searches"))
 
 
 def _error(frame: str, column: str, row: int | None, problem: str) -> DatasetError:
     # Row numbers count data rows from 0; in the CSV file that row is on line row + 2.
     where = f", row {row} (line {row + 2})" if row is not None else ""
-    return DatasetError(f"{_FILES[frame]}: column {column!r}{where}: {problem}")
+    return DatasetError(f"{_ALL_FILES[frame]}: column {column!r}{where}: {problem}")
 
 
 # ---------------------------------------------------------------------------- coercion
@@ -150,6 +159,7 @@ def make_dataset(
     items: pd.DataFrame,
     users: pd.DataFrame | None = None,
     meta: dict[str, Any] | None = None,
+    searches: pd.DataFrame | None = None,
 ) -> Dataset:
     """Coerce frames to the canonical dtypes, sort interactions by time, validate.
 
@@ -162,9 +172,11 @@ def make_dataset(
         items=_coerce(items, "items"),
         users=_coerce(users, "users"),
         meta=dict(meta or {}),
+        searches=_coerce(searches, "searches"),
     )
     validate(ds)  # before sorting, so reported rows are input rows
     ds.interactions = _sort_by_time(ds.interactions)
+    ds.searches = _sort_by_time(ds.searches)
     ds.meta = _recount(ds)
     return ds
 
@@ -274,6 +286,20 @@ def validate(ds: Dataset) -> None:
     if not pd.api.types.is_float_dtype(inter["value"].dtype):
         dtype = inter["value"].dtype
         raise _error("interactions", "value", None, f"dtype is {dtype}, expected float64")
+    _validate_searches(ds.searches)
+
+
+def _validate_searches(searches: pd.DataFrame) -> None:
+    if not isinstance(searches, pd.DataFrame):
+        raise _error("searches", "*", None, f"expected a DataFrame, got {type(searches).__name__}")
+    _check_columns(searches, "searches")
+    _check_ids(searches["user_id"], "searches", "user_id")
+    _check_int(searches["timestamp"], "searches", "timestamp")
+    for i, q in enumerate(searches["query"]):
+        if not isinstance(q, str) or not q.strip() or len(q) > MAX_QUERY_CHARS or any(
+                ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in q):
+            raise _error("searches", "query", i,
+                         f"{q!r}: expected 1..{MAX_QUERY_CHARS} characters of text, no control characters")
 
 
 # --------------------------------------------------------------------------- positives
@@ -308,15 +334,15 @@ def _to_csv_text(df: pd.DataFrame, frame: str) -> str:
 
 def _read_csv(path: Path, frame: str) -> pd.DataFrame:
     if not path.is_file():
-        raise DatasetError(f"{_FILES[frame]}: file not found at {path}")
+        raise DatasetError(f"{_ALL_FILES[frame]}: file not found at {path}")
     try:
         # Everything as text first: "007" stays "007", "NA" stays "NA", "" stays "".
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False,
                           encoding="utf-8")  # fmt: skip
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{_FILES[frame]}: cannot parse CSV: {exc}") from exc
+        raise DatasetError(f"{_ALL_FILES[frame]}: cannot parse CSV: {exc}") from exc
     except pd.errors.EmptyDataError as exc:
-        raise DatasetError(f"{_FILES[frame]}: file is empty (a header row is required)") from exc
+        raise DatasetError(f"{_ALL_FILES[frame]}: file is empty (a header row is required)") from exc
     _check_columns(raw, frame)
     for column in _INT_COLUMNS[frame]:
         empty = np.flatnonzero(raw[column].eq("").to_numpy())
@@ -360,9 +386,12 @@ def load_dataset(path: str | Path) -> Dataset:
         raise DatasetError("dataset.json: expected a JSON object")
     frames = {frame: _read_csv(root / name, frame) for frame, name in _FILES.items()}
     # Validate in file order so reported row numbers match the file, then sort.
-    ds = Dataset(frames["interactions"], frames["items"], frames["users"], meta)
+    searches = (_read_csv(root / _OPTIONAL_FILES["searches"], "searches")
+                if (root / _OPTIONAL_FILES["searches"]).is_file() else None)
+    ds = Dataset(frames["interactions"], frames["items"], frames["users"], meta, _coerce(searches, "searches"))
     validate(ds)
     ds.interactions = _sort_by_time(ds.interactions)
+    ds.searches = _sort_by_time(ds.searches)
     for key, actual in (("n_items", len(ds.items)), ("n_interactions", len(ds.interactions))):
         if key in meta and meta[key] != actual:
             raise DatasetError(f"dataset.json: {key} is {meta[key]} but the CSV has {actual} rows")
@@ -387,6 +416,10 @@ def save_dataset(ds: Dataset, path: str | Path) -> None:
         for frame, name in _FILES.items():
             df = frames[frame][list(_COLUMNS[frame])]
             (tmp / name).write_text(_to_csv_text(df, frame), encoding="utf-8", newline="")
+        if len(ds.searches):
+            df = _sort_by_time(ds.searches)[list(SEARCH_COLUMNS)]
+            (tmp / _OPTIONAL_FILES["searches"]).write_text(_to_csv_text(df, "searches"), encoding="utf-8",
+                                                          newline="")
         (tmp / "dataset.json").write_text(
             json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )
@@ -429,5 +462,10 @@ def fingerprint(ds: Dataset) -> str:
     for frame in ("interactions", "items", "users"):
         text = _to_csv_text(frames[frame], frame).encode("utf-8")
         digest.update(f"{frame} {len(text)}\n".encode())
+        digest.update(text)
+    if len(ds.searches):  # only when present: datasets without searches keep their fingerprint
+        text = _to_csv_text(_coerce(ds.searches, "searches").sort_values(list(SEARCH_COLUMNS), kind="stable"),
+                            "searches").encode("utf-8")
+        digest.update(f"searches {len(text)}\n".encode())
         digest.update(text)
     return digest.hexdigest()

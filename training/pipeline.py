@@ -81,10 +81,16 @@ class TrainConfig:
     parity_tolerance: float = 1e-5
     content: str = "cbow"  # item content vectors: "multihot" | "cbow" (training.content; ablation there)
     cbow: content_mod.CBOWParams = field(default_factory=content_mod.CBOWParams)
+    # Search encoder directory (`recsys export-encoder`): item texts are encoded with it and
+    # appended to the content vectors (training.content.with_text); "" = no text part.
+    text_encoder: str = ""
+    text_share: float = 0.5  # cosine weight of the text part in the content vector
 
     def __post_init__(self) -> None:
         if self.content not in CONTENT_KINDS:
             raise ValueError(f"content: {self.content!r} is not one of {CONTENT_KINDS}")
+        if not 0.0 < self.text_share < 1.0:
+            raise ValueError(f"text_share: {self.text_share!r} is not in (0, 1)")
 
 
 @dataclass
@@ -238,9 +244,11 @@ def two_tower_examples(
     demo: list[UserInput],
     neg: list[np.ndarray] | None = None,
     seed: int = 0,
+    searches: list[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tt.TrainingExamples:
     """One example per fit positive; each carries one of the user's explicit negatives
-    (dislike / low rating) drawn at random, or -1 when the user has none."""
+    (dislike / low rating) drawn at random, or -1 when the user has none, and with
+    `searches` (user_searches) the user's search profile just before the positive."""
     rng = np.random.default_rng(seed)
     users: list[UserInput] = []
     targets: list[int] = []
@@ -253,8 +261,10 @@ def two_tower_examples(
             negatives.extend(rng.choice(user_neg, len(p)).tolist() if len(user_neg) else [-1] * len(p))
         for j in range(len(p)):
             history = p[max(0, j - h) : j][::-1].tolist()  # most recent first
+            at_ms = int(t[j]) * 1000
+            search = search_before(searches[u], at_ms) if searches is not None else ()
             users.append(
-                UserInput(history, base.age, base.gender, base.occupation, base.region, int(t[j]) * 1000)
+                UserInput(history, base.age, base.gender, base.occupation, base.region, at_ms, search)
             )
             targets.append(int(p[j]))
     enc = spec.encode_users(users)
@@ -264,6 +274,7 @@ def two_tower_examples(
         user_cats=enc["user_cats"],
         target=np.asarray(targets, dtype=np.int64),
         negative=np.asarray(negatives, dtype=np.int64),
+        search=enc.get("search_profile"),
     )
 
 
@@ -300,6 +311,82 @@ def item_content(ds: Dataset, item_features: np.ndarray, config: TrainConfig
     docs = content_mod.catalogue_tokens(ds.items)
     model = content_mod.train_token_model(docs, config.cbow)
     return content_mod.combine(multihot, model.embed(docs), config.cbow.multihot_share), model
+
+
+@dataclass
+class ItemTexts:
+    """Item texts encoded by the search encoder: unit(v - center) per item, the manifest's
+    `content.text` entry (its offset is set when appended to the content vectors)."""
+
+    vectors: np.ndarray  # float32[n_items, d]
+    layout: dict[str, Any]
+    encoder: Any  # recsys.text_encoder.TextEncoder
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.asarray(self.layout["center"], dtype=np.float32)
+
+
+def encode_item_texts(ds: Dataset, config: TrainConfig) -> ItemTexts | None:
+    """With `config.text_encoder`: every item's text (training.content.item_text) encoded."""
+    if not config.text_encoder:
+        return None
+    from recsys.text_encoder import TextEncoder
+
+    encoder = TextEncoder(config.text_encoder, cache_size=100_000)
+    texts = content_mod.catalogue_texts(ds.items)
+    text = np.vstack([encoder.encode_uncached(texts[i : i + 64]) for i in range(0, len(texts), 64)]
+                     or [np.zeros((0, encoder.dim), np.float32)])
+    # Sentence encoders are anisotropic (every pair of texts has a high cosine); measured from
+    # the catalogue's mean, likeness is what sets a text apart from the others. Serving
+    # subtracts the same mean from query vectors (recsys.text_encoder.SearchProfiles).
+    center = text.mean(axis=0) if len(text) else np.zeros(encoder.dim, np.float32)
+    layout = {"dim": encoder.dim, "share": config.text_share,
+              "encoder": encoder.name, "model_sha256": str(encoder.meta.get("model_sha256", "")),
+              "center": [float(x) for x in center]}
+    log.info("item texts encoded by %s: %d x %d", encoder.name, *text.shape)
+    return ItemTexts(content_mod.l2_rows(text - center), layout, encoder)
+
+
+def add_item_text(content: np.ndarray, texts: ItemTexts | None, share: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """The content vectors with the item texts appended (training.content.with_text) and the
+    manifest's `content.text` entry; unchanged without texts."""
+    if texts is None:
+        return content, {}
+    return content_mod.with_text(content, texts.vectors, share), {"offset": int(content.shape[1]), **texts.layout}
+
+
+def user_searches(ds: Dataset, user_ids: list[str], texts: ItemTexts | None
+                  ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Per user row: (search times in ms, ascending; centred query vectors), for the user
+    tower's search input; None without an encoder or without searches in the data."""
+    if texts is None or not len(ds.searches):
+        return None
+    index = {u: r for r, u in enumerate(user_ids)}
+    queries = list(ds.searches["query"])  # each distinct query encoded once (the encoder's cache)
+    vectors = np.vstack([texts.encoder.encode(queries[i : i + 256]) for i in range(0, len(queries), 256)])
+    vectors -= texts.center
+    times = ds.searches["timestamp"].to_numpy(np.int64) * 1000
+    rows = ds.searches["user_id"].map(index).to_numpy(dtype=float, na_value=-1).astype(np.int64)
+    out = [(np.zeros(0, np.int64), np.zeros((0, texts.encoder.dim), np.float32)) for _ in user_ids]
+    for r in np.unique(rows[rows >= 0]).tolist():
+        sel = np.flatnonzero(rows == r)  # ds.searches is sorted by time
+        out[r] = (times[sel], vectors[sel])
+    log.info("searches: %d queries of %d users for the user tower", len(times), len(np.unique(rows[rows >= 0])))
+    return out
+
+
+def search_before(searches: tuple[np.ndarray, np.ndarray], time_ms: int) -> list[float]:
+    """The search profile serving would send at `time_ms`: the newest MAX_SEARCHES queries
+    strictly before it, recency-weighted (recsys.text_encoder.search_profile); [] = none."""
+    from recsys.text_encoder import MAX_SEARCHES, search_profile
+
+    times, vectors = searches
+    n = int(np.searchsorted(times, time_ms, side="left"))
+    if n == 0:
+        return []
+    lo = max(0, n - MAX_SEARCHES)
+    return search_profile(vectors[lo:n], times[lo:n], time_ms).tolist()
 
 
 def build_index(embeddings: np.ndarray, p: IndexParams, path: Path) -> None:
@@ -445,10 +532,17 @@ def train(
     fit_pos, fit_time, target = split_validation(inter)
     t0 = lap("index", t0)
 
+    texts = encode_item_texts(ds, config)
+    searches = user_searches(ds, inter.user_ids, texts)
+    if searches is not None:  # the user tower gets a search_profile input (recsys.features)
+        spec.search_dim = texts.encoder.dim
+    if texts is not None:
+        t0 = lap("text_encoder", t0)
+
     mf_users_fit, mf_items, mf_losses = train_wals(fit_pos, n_items, config.mf)
     t0 = lap("wals", t0)
 
-    examples = two_tower_examples(spec, fit_pos, fit_time, demo, inter.neg, config.two_tower.seed)
+    examples = two_tower_examples(spec, fit_pos, fit_time, demo, inter.neg, config.two_tower.seed, searches)
     if len(examples.target) == 0:
         raise ValueError("dataset has no positive interactions to train on")
     towers = tt.train_two_tower(examples, item_features, spec.cardinalities, config.two_tower)
@@ -463,6 +557,7 @@ def train(
         item_emb = embed_items(w.path("item_tower.onnx"), item_features)
         build_index(item_emb, config.index, w.path("index.usearch"))
         content, token_model = item_content(ds, item_features, config)
+        content, text_layout = add_item_text(content, texts, config.text_share)
         if token_model is not None:
             token_model.save(w.tmp)
         popularity = np.zeros(n_items, dtype=np.float32)
@@ -547,6 +642,7 @@ def train(
                 "multihot_dim": int(item_features.shape[1]),
                 **({"cbow": asdict(config.cbow), "vocabulary": len(token_model.vocab)}
                    if token_model is not None else {}),
+                **({"text": text_layout} if text_layout else {}),
             },
             "ranker": ranker.to_json() if ranker else _default_ranker(),
             "timings_s": {**timings, "total": round(time.perf_counter() - started, 3)},

@@ -15,6 +15,11 @@ The generative story, in order:
 - Extra impressions (shown, not clicked) come from a mildly personalised popularity list.
 - Days are drawn per item genre from weekly x growth x seasonal (per genre) weights,
   within both the user's window and the item's lifetime; hours follow an evening peak.
+- Optionally (`searches_per_user` > 0) users search before they engage: a share of the
+  positive engagements (about `searches_per_user` per user) is preceded, 1 to 30 minutes
+  earlier, by a query of one or two of that item's tags (sometimes with its first genre's
+  name), so a recent search says what the user is about to like. Searches come from a
+  second generator seeded from `seed`: adding them leaves every other table unchanged.
 
 Everything comes from one `np.random.default_rng(seed)`: same arguments, same dataset.
 """
@@ -417,6 +422,7 @@ def generate_with_truth(
     seed: int = 0,
     days: int = 180,
     interactions_per_user: int = 40,
+    searches_per_user: float = 0.0,
 ) -> tuple[Dataset, SyntheticTruth]:
     """`generate`, plus the latent variables it drew (for tests with a known answer)."""
     if n_users < 1 or n_items < 2 or n_genres < 1 or days < 7 or interactions_per_user < 1:
@@ -482,7 +488,13 @@ def generate_with_truth(
         "rating_scale_max": 5,
         "generator": args,
     }
-    ds = make_dataset(interactions, item_frame, user_frame, meta)
+    searches = None
+    if searches_per_user > 0:
+        args["searches_per_user"] = searches_per_user
+        meta["generator"] = args
+        searches = _searches(np.random.default_rng([seed, 1]), interactions, item_frame, searches_per_user,
+                             n_users)
+    ds = make_dataset(interactions, item_frame, user_frame, meta, searches)
     truth = SyntheticTruth(
         genres=tuple(genres),
         user_vectors=user_vec,
@@ -501,10 +513,32 @@ def generate(
     seed: int = 0,
     days: int = 180,
     interactions_per_user: int = 40,
+    searches_per_user: float = 0.0,
 ) -> Dataset:
     """A synthetic dataset; about n_users * interactions_per_user interaction rows.
 
     Deterministic for given arguments (a single `np.random.default_rng(seed)`, no clock).
     """
-    ds, _ = generate_with_truth(n_users, n_items, n_genres, seed, days, interactions_per_user)
+    ds, _ = generate_with_truth(n_users, n_items, n_genres, seed, days, interactions_per_user, searches_per_user)
     return ds
+
+
+def _searches(rng: np.random.Generator, interactions: pd.DataFrame, items: pd.DataFrame, per_user: float,
+              n_users: int) -> pd.DataFrame:
+    """A query before a share of the positive engagements (see the module docstring)."""
+    kind, value = interactions["event_type"].to_numpy(), interactions["value"].to_numpy()
+    positive = np.flatnonzero(np.isin(kind, ("click", "like")) | ((kind == "rating") & (value >= 4)))
+    share = min(1.0, per_user * n_users / max(len(positive), 1))
+    row_of = {item: r for r, item in enumerate(items["item_id"])}
+    rows: list[tuple[str, int, str]] = []
+    for r in positive[rng.random(len(positive)) < share].tolist():
+        item = row_of[interactions["item_id"].iat[r]]
+        tags, genres = list(items["tags"].iat[item]), list(items["genres"].iat[item])
+        if not tags:
+            continue
+        words = [str(t) for t in rng.choice(tags, size=min(len(tags), int(rng.integers(1, 3))), replace=False)]
+        if genres and rng.random() < 0.3:
+            words.append(genres[0].lower())
+        t = int(interactions["timestamp"].iat[r]) - int(rng.integers(60, 1801))
+        rows.append((str(interactions["user_id"].iat[r]), t, " ".join(words)))
+    return pd.DataFrame(rows, columns=["user_id", "timestamp", "query"])

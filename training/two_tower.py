@@ -4,7 +4,8 @@ The only module of the project that imports torch. Inputs and their encoding are
 once in recsys.features (the candidate tier encodes requests with the same code).
 
 User tower: mean of learned history-item embeddings (masked) + one embedding per
-categorical field (demographics, region, time context) -> MLP -> L2-normalised vector.
+categorical field (demographics, region, time context) [+ a linear map of the user's
+search profile, when the data has searches] -> MLP -> L2-normalised vector.
 Item tower: id embedding (id 0 = unseen item) + linear map of genre/tag multi-hot -> MLP ->
 L2-normalised vector. Score = cosine / temperature.
 
@@ -53,12 +54,16 @@ class TwoTowerParams:
 
 
 class UserTower(nn.Module):
-    def __init__(self, n_items: int, cardinalities: list[int], p: TwoTowerParams, history_length: int) -> None:
+    def __init__(self, n_items: int, cardinalities: list[int], p: TwoTowerParams, history_length: int,
+                 search_dim: int = 0) -> None:
         super().__init__()
         self.history = nn.Embedding(n_items + 1, p.dim, padding_idx=0)
         self.fields = nn.ModuleList(nn.Embedding(c, p.field_dim) for c in cardinalities)
+        self.search_dim = search_dim
+        # the search profile (zeros = no searches) mapped to the item-embedding width
+        self.search = nn.Linear(search_dim, p.dim) if search_dim else None
         self.mlp = nn.Sequential(
-            nn.Linear(2 * p.dim + p.field_dim * len(cardinalities), p.hidden),
+            nn.Linear((3 if search_dim else 2) * p.dim + p.field_dim * len(cardinalities), p.hidden),
             nn.ReLU(),
             nn.Linear(p.hidden, p.dim),
         )
@@ -66,7 +71,8 @@ class UserTower(nn.Module):
         self.register_buffer("recency", 0.5 ** (torch.arange(history_length, dtype=torch.float32) / p.recency_half_life))
 
     def forward(
-        self, hist_items: torch.Tensor, hist_mask: torch.Tensor, user_cats: torch.Tensor
+        self, hist_items: torch.Tensor, hist_mask: torch.Tensor, user_cats: torch.Tensor,
+        search_profile: torch.Tensor | None = None,
     ) -> torch.Tensor:
         e = self.history(hist_items)
         # mean = sum_j m_j e_j / max(sum_j m_j, 1); recent = the same with weights m_j r_j
@@ -74,7 +80,10 @@ class UserTower(nn.Module):
         w = hist_mask * self.recency[: hist_mask.shape[1]]
         recent = (e * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-6)
         cats = [emb(user_cats[:, j]) for j, emb in enumerate(self.fields)]
-        return F.normalize(self.mlp(torch.cat([mean, recent, *cats], dim=1)), dim=-1)
+        parts = [mean, recent, *cats]
+        if self.search is not None:
+            parts.append(self.search(search_profile))
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=-1)
 
 
 class ItemTower(nn.Module):
@@ -101,6 +110,7 @@ class TrainingExamples:
     user_cats: np.ndarray  # int64[N, C]
     target: np.ndarray  # int64[N] item index (0-based)
     negative: np.ndarray | None = None  # int64[N] an explicit negative of the user, -1 = none
+    search: np.ndarray | None = None  # float32[N, S] search profile before the positive; None = no input
 
 
 @dataclass
@@ -122,7 +132,8 @@ def train_two_tower(
     rng = np.random.default_rng(params.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))  # offline: use every core
     n_items = item_features.shape[0]
-    user = UserTower(n_items, cardinalities, params, examples.hist_items.shape[1])
+    search_dim = 0 if examples.search is None else int(examples.search.shape[1])
+    user = UserTower(n_items, cardinalities, params, examples.hist_items.shape[1], search_dim)
     item = ItemTower(n_items, item_features.shape[1], params)
     opt = torch.optim.Adam(
         [*user.parameters(), *item.parameters()],
@@ -137,6 +148,8 @@ def train_two_tower(
         torch.from_numpy(examples.user_cats),
         torch.from_numpy(examples.target),
         torch.from_numpy(np.asarray(negative, dtype=np.int64)),
+        torch.from_numpy(np.ascontiguousarray(examples.search, dtype=np.float32)) if search_dim
+        else torch.zeros(len(examples.target), 0),
     ]
     n = len(examples.target)
     # log-Q correction (Yi et al. 2019): a candidate column j appears in a batch of B
@@ -154,13 +167,13 @@ def train_two_tower(
         item.train()
         for start in range(0, n, params.batch_size):
             rows = order[start : start + params.batch_size]
-            hist, mask, cats, target, neg = (t[rows] for t in tensors)
+            hist, mask, cats, target, neg, search = (t[rows] for t in tensors)
             negatives = torch.from_numpy(rng.integers(0, n_items, params.uniform_negatives))
             candidates = torch.cat([target, negatives])
             ids = candidates + 1
             drop = torch.from_numpy(rng.random(len(ids)) < params.id_dropout)
             ids = torch.where(drop, torch.zeros_like(ids), ids)
-            u = user(hist, mask, cats)
+            u = user(hist, mask, cats, search if search_dim else None)
             v = item(ids, feats[candidates])
             logits = u @ v.T / params.temperature
             if params.logq_correction:
@@ -206,6 +219,10 @@ def export_onnx(towers: TrainedTowers, item_features: np.ndarray, history_length
     mask = torch.from_numpy((rng.random((b, history_length)) < 0.7).astype(np.float32))
     cards = [emb.num_embeddings for emb in towers.user.fields]
     cats = torch.from_numpy(np.stack([rng.integers(0, c, b) for c in cards], axis=1))
+    search_dim = towers.user.search_dim
+    search = torch.from_numpy(rng.standard_normal((b, search_dim)).astype(np.float32))
+    user_args = (hist, mask, cats, search) if search_dim else (hist, mask, cats)
+    user_names = ["hist_items", "hist_mask", "user_cats", "search_profile"][: len(user_args)]
     ids = torch.from_numpy(rng.integers(0, n_items + 1, b))
     feats = torch.from_numpy(np.ascontiguousarray(item_features[rng.integers(0, n_items, b)], dtype=np.float32))
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
@@ -213,11 +230,11 @@ def export_onnx(towers: TrainedTowers, item_features: np.ndarray, history_length
     with torch.no_grad():
         torch.onnx.export(
             towers.user,
-            (hist, mask, cats),
+            user_args,
             str(user_path),
-            input_names=["hist_items", "hist_mask", "user_cats"],
+            input_names=user_names,
             output_names=["user_embedding"],
-            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+            dynamic_shapes=tuple({0: batch} for _ in user_args),
             dynamo=True,
             external_data=False,
             verbose=False,
@@ -233,11 +250,9 @@ def export_onnx(towers: TrainedTowers, item_features: np.ndarray, history_length
             external_data=False,
             verbose=False,
         )
-        want_user = towers.user(hist, mask, cats).numpy()
+        want_user = towers.user(*user_args).numpy()
         want_item = towers.item(ids, feats).numpy()
-    got_user = _session(user_path).run(
-        None, {"hist_items": hist.numpy(), "hist_mask": mask.numpy(), "user_cats": cats.numpy()}
-    )[0]
+    got_user = _session(user_path).run(None, {n: t.numpy() for n, t in zip(user_names, user_args, strict=True)})[0]
     got_item = _session(item_path).run(None, {"item_ids": ids.numpy(), "item_feats": feats.numpy()})[0]
     return {
         "user_tower_max_abs_diff": float(np.abs(got_user - want_user).max()),

@@ -29,15 +29,11 @@ class ItemToItemSource:
         sims = self.scores[seeds].T.reshape(-1)
         ok = near >= 0
         near, sims = near[ok], sims[ok]
-        ok = ~excluded[near] & ~np.isin(near, seeds)
+        ok = ~excluded[near] & (near[:, None] != np.asarray(seeds)).all(axis=1)  # not a seed (<= RECENT)
         near, sims = near[ok], sims[ok]
-        best: dict[int, float] = {}
-        for item, sim in zip(near.tolist(), sims.tolist()):
-            if item not in best:
-                if len(best) == n:
-                    continue
-                best[item] = sim
-            elif sim > best[item]:
-                best[item] = sim
-        items = np.fromiter(best, dtype=np.int64, count=len(best))
-        return Proposal(items, np.fromiter(best.values(), dtype=np.float32, count=len(best)))
+        # first-occurrence order, each item's best cosine over all its occurrences
+        distinct, first, inverse = np.unique(near, return_index=True, return_inverse=True)
+        best = np.full(len(distinct), -np.inf, dtype=np.float32)
+        np.maximum.at(best, inverse, sims)
+        take = np.argsort(first, kind="stable")[:n]
+        return Proposal(distinct[take].astype(np.int64), best[take])

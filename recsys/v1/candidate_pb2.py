@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from recsys.v1 import common_pb2 as recsys_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/candidate.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xac\x02\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x17\n\x0frequest_time_ms\x18\x04 \x01(\x03\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x43\n\rsource_quotas\x18\x07 \x03(\x0b\x32,.recsys.v1.RetrieveRequest.SourceQuotasEntry\x1a\x33\n\x11SourceQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"D\n\x14RetrieveBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RetrieveRequest\"G\n\x15RetrieveBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RetrieveResponse\"^\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x17\n\x0ftwo_tower_score\x18\x02 \x01(\x02\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.recsys.v1.SourceScore\"\x96\x01\n\x10RetrieveResponse\x12(\n\ncandidates\x18\x01 \x03(\x0b\x32\x14.recsys.v1.Candidate\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x14\n\x0chistory_used\x18\x03 \x01(\x05\x12\x16\n\x0euser_embedding\x18\x04 \x03(\x02\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x32\xab\x01\n\x10\x43\x61ndidateService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12R\n\rRetrieveBatch\x12\x1f.recsys.v1.RetrieveBatchRequest\x1a .recsys.v1.RetrieveBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19recsys/v1/candidate.proto\x12\trecsys.v1\x1a\x16recsys/v1/common.proto\"\xc4\x02\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x18\n\x10history_item_ids\x18\x02 \x03(\t\x12)\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x17.recsys.v1.UserFeatures\x12\x17\n\x0frequest_time_ms\x18\x04 \x01(\x03\x12\x16\n\x0enum_candidates\x18\x05 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x43\n\rsource_quotas\x18\x07 \x03(\x0b\x32,.recsys.v1.RetrieveRequest.SourceQuotasEntry\x12\x16\n\x0esearch_profile\x18\x08 \x03(\x02\x1a\x33\n\x11SourceQuotasEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"D\n\x14RetrieveBatchRequest\x12,\n\x08requests\x18\x01 \x03(\x0b\x32\x1a.recsys.v1.RetrieveRequest\"G\n\x15RetrieveBatchResponse\x12.\n\tresponses\x18\x01 \x03(\x0b\x32\x1b.recsys.v1.RetrieveResponse\"^\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x17\n\x0ftwo_tower_score\x18\x02 \x01(\x02\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.recsys.v1.SourceScore\"\x96\x01\n\x10RetrieveResponse\x12(\n\ncandidates\x18\x01 \x03(\x0b\x32\x14.recsys.v1.Candidate\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x14\n\x0chistory_used\x18\x03 \x01(\x05\x12\x16\n\x0euser_embedding\x18\x04 \x03(\x02\x12\x12\n\ncold_start\x18\x05 \x01(\x08\x32\xab\x01\n\x10\x43\x61ndidateService\x12\x43\n\x08Retrieve\x12\x1a.recsys.v1.RetrieveRequest\x1a\x1b.recsys.v1.RetrieveResponse\x12R\n\rRetrieveBatch\x12\x1f.recsys.v1.RetrieveBatchRequest\x1a .recsys.v1.RetrieveBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._loaded_options = None
   _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._serialized_options = b'8\001'
   _globals['_RETRIEVEREQUEST']._serialized_start=65
-  _globals['_RETRIEVEREQUEST']._serialized_end=365
-  _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._serialized_start=314
-  _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._serialized_end=365
-  _globals['_RETRIEVEBATCHREQUEST']._serialized_start=367
-  _globals['_RETRIEVEBATCHREQUEST']._serialized_end=435
-  _globals['_RETRIEVEBATCHRESPONSE']._serialized_start=437
-  _globals['_RETRIEVEBATCHRESPONSE']._serialized_end=508
-  _globals['_CANDIDATE']._serialized_start=510
-  _globals['_CANDIDATE']._serialized_end=604
-  _globals['_RETRIEVERESPONSE']._serialized_start=607
-  _globals['_RETRIEVERESPONSE']._serialized_end=757
-  _globals['_CANDIDATESERVICE']._serialized_start=760
-  _globals['_CANDIDATESERVICE']._serialized_end=931
+  _globals['_RETRIEVEREQUEST']._serialized_end=389
+  _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._serialized_start=338
+  _globals['_RETRIEVEREQUEST_SOURCEQUOTASENTRY']._serialized_end=389
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_start=391
+  _globals['_RETRIEVEBATCHREQUEST']._serialized_end=459
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_start=461
+  _globals['_RETRIEVEBATCHRESPONSE']._serialized_end=532
+  _globals['_CANDIDATE']._serialized_start=534
+  _globals['_CANDIDATE']._serialized_end=628
+  _globals['_RETRIEVERESPONSE']._serialized_start=631
+  _globals['_RETRIEVERESPONSE']._serialized_end=781
+  _globals['_CANDIDATESERVICE']._serialized_start=784
+  _globals['_CANDIDATESERVICE']._serialized_end=955
 # @@protoc_insertion_point(module_scope)

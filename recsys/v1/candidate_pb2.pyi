@@ -50,6 +50,7 @@ class RetrieveRequest(_message.Message):
     NUM_CANDIDATES_FIELD_NUMBER: _builtins.int
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _builtins.int
     SOURCE_QUOTAS_FIELD_NUMBER: _builtins.int
+    SEARCH_PROFILE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Optional. The caller's user id, used only for logs and metrics (the service is
     stateless about users). Empty for anonymous requests. 0..128 characters.
@@ -87,6 +88,16 @@ class RetrieveRequest(_message.Message):
         trending, regional, fresh (unknown names are INVALID_ARGUMENT). Counts 0..2000.
         """
 
+    @_builtins.property
+    def search_profile(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Optional. The user's search profile: the recency-weighted mean of their recent search
+        queries encoded by the search encoder, centred and L2-normalised (recsys/text_encoder.py),
+        sent by the ranking tier. Empty = no searches. Used only when the bundle's user tower
+        was trained with searches and its length is that tower's width (manifest
+        features.search_dim), else ignored (tiers on different bundle versions degrade to no
+        search signal). At most 4096 values, all finite (else INVALID_ARGUMENT).
+        """
+
     def __init__(
         self,
         *,
@@ -97,10 +108,11 @@ class RetrieveRequest(_message.Message):
         num_candidates: _builtins.int = ...,
         exclude_item_ids: _abc.Iterable[_builtins.str] | None = ...,
         source_quotas: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        search_profile: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "features", b"features", "history_item_ids", b"history_item_ids", "num_candidates", b"num_candidates", "request_time_ms", b"request_time_ms", "source_quotas", b"source_quotas", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exclude_item_ids", b"exclude_item_ids", "features", b"features", "history_item_ids", b"history_item_ids", "num_candidates", b"num_candidates", "request_time_ms", b"request_time_ms", "search_profile", b"search_profile", "source_quotas", b"source_quotas", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
