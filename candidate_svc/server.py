@@ -59,6 +59,9 @@ def search_input(values, search_dim: int, field: str) -> tuple[float, ...]:
     search = tuple(values)
     if not all(math.isfinite(x) for x in search):
         raise v.InvalidArgument(field, "holds a NaN or infinite value")
+    norm = math.sqrt(math.fsum(x * x for x in search))
+    if norm > 1.0 + 1e-3:
+        raise v.InvalidArgument(field, f"must be L2-normalised (norm <= 1), got norm {norm:.4g}")
     return search
 
 
@@ -138,7 +141,7 @@ def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.Re
                 prefix = prefixes[name] = _source_score_prefix(name)
                 per_source[name] = 0
             fields.append(prefix)
-            fields.append(pack(score))
+            fields.append(pack(float(np.float32(score))))  # inf beyond FLT_MAX, as protobuf stores it
             per_source[name] += 1
         body = b"".join(fields)
         n = len(body)  # RetrieveResponse.candidates (field 1)

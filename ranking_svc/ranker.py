@@ -121,6 +121,20 @@ class CandidateUnavailable(Exception):
         self.reason = reason
 
 
+class DeadlinePassed(Exception):
+    """The caller's deadline passed between two stages of a Recommend: the rest of the
+    work (scoring, rules) would build an answer nobody waits for, so it is skipped."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"deadline passed before {stage}")
+        self.stage = stage
+
+
+def check_deadline(deadline: float | None, stage: str) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlinePassed(stage)
+
+
 class CandidateSource(Protocol):
     def fetch(
         self,
@@ -245,6 +259,7 @@ class Ranker:
         log.info("%s", search_state)
         self._stats_lock = threading.Lock()
         self.degraded = Counter()  # degraded answers by the first word of the reason
+        self.search_failures = 0  # answers that lost their search signal to an encoder fault
 
     def degraded_total(self) -> int:
         with self._stats_lock:
@@ -347,7 +362,13 @@ class Ranker:
         with tracing.stage("ranking.history"):  # bundle history + the event store's recent events
             h = self.history(user_id, demographics)
         if self.search is not None and h.searches:  # each query encoded once (the encoder's cache)
-            h.search_profile = self.search.profile(h.searches, time_ms or int(time.time() * 1000))
+            try:
+                with tracing.stage("ranking.search_profile"):
+                    h.search_profile = self.search.profile(h.searches, time_ms or int(time.time() * 1000))
+            except Exception:  # an encoder fault costs this answer its search signal, nothing more
+                log.exception("search profile for user %s failed: answering without it", user_id)
+                with self._stats_lock:
+                    self.search_failures += 1
         excluded = np.zeros(b.n_items, dtype=np.bool_)
         for item_id in exclude_ids:
             item = b.item_index.get(item_id)
@@ -357,15 +378,17 @@ class Ranker:
             excluded[np.fromiter(h.seen, dtype=np.int64, count=len(h.seen))] = True
         result = RankResult(items=[], bundle_version=b.version, cold_start=not (h.positives or h.negatives))
         static, fallback_order, fallback_sources = self.item_side()
+        check_deadline(deadline, "retrieval")
 
         timeout = self.retrieve_timeout_s
         if deadline is not None:  # leave time to rank what comes back
             left = deadline - time.monotonic()
             timeout = min(timeout, max(0.0, left - min(RANKING_RESERVE_S, left / 4)))
+        # for the candidate client (server.GrpcCandidateSource), reset after this request
+        profile_token = SEARCH_PROFILE.set(h.search_profile if b.spec.search_dim else None)
         try:
             if timeout <= 0:
                 raise CandidateUnavailable("DEADLINE_EXCEEDED: no time left for retrieval")
-            SEARCH_PROFILE.set(h.search_profile if b.spec.search_dim else None)
             got = self.candidates.fetch(
                 user_id,
                 [b.item_ids[i] for i in h.positives[: b.spec.history_length]],
@@ -395,7 +418,10 @@ class Ranker:
             cand = fallback_order[keep][: self.num_candidates]
             sources = [s for s, ok in zip(fallback_sources, keep.tolist()) if ok][: self.num_candidates]
             tt_user = np.zeros(b.item_embeddings.shape[1], dtype=np.float32)
+        finally:
+            SEARCH_PROFILE.reset(profile_token)
 
+        check_deadline(deadline, "scoring")  # a late Retrieve may have used it all up
         with tracing.stage("ranking.score"):
             feats = self._features(self.user_state(h, tt_user), cand, static)
             weights, bias = self.weights_for(len(h.positives))
@@ -409,6 +435,7 @@ class Ranker:
         if explain and demotion is not None:
             for pos in np.flatnonzero(demotion > 0.01).tolist():
                 slate.note(pos, f"dislike: score -{demotion[pos]:.3f} (look-alike of a disliked item)")
+        check_deadline(deadline, "re-ranking")
         with tracing.stage("ranking.rules"):
             slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
         for pos in slate.order[:k].tolist():

@@ -30,6 +30,7 @@ from ranking_svc.ranker import (
     CandidateList,
     CandidateSource,
     CandidateUnavailable,
+    DeadlinePassed,
     Demographics,
     Explanation,
     LazyList,
@@ -202,8 +203,8 @@ def decode_event(e: ranking_pb2.Event, i: int, now_ms: int) -> StoredEvent:
     if name == "search":
         if e.item_id:
             raise v.InvalidArgument(f"{f}.item_id", "must be empty for EVENT_TYPE_SEARCH")
-        if not e.query:
-            raise v.InvalidArgument(f"{f}.query", "is required for EVENT_TYPE_SEARCH")
+        if not e.query.strip():  # the dataset's searches.csv refuses blank queries too
+            raise v.InvalidArgument(f"{f}.query", "is required (non-blank) for EVENT_TYPE_SEARCH")
         v.check_text(e.query, f"{f}.query", MAX_QUERY_CHARS)
     else:
         v.check_id(e.item_id, f"{f}.item_id")
@@ -243,6 +244,7 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         self.experiment = experiment or single_variant(ranker.rules)
         self.rankers = {"": ranker, **(rankers or {})}  # replaced whole by a hot reload (recsys.reload)
         self.candidate_rejected: Counter[str] = Counter()  # Retrieve refusals surfaced, by downstream code
+        self.deadline_passed: Counter[str] = Counter()  # Recommend calls stopped between stages, by stage
         self._counts_lock = threading.Lock()
         self.watcher: BundleWatcher | None = None
 
@@ -274,6 +276,10 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
             )
         except EventStoreUnavailable as e:  # without the user's events we cannot filter what they saw
             context.abort(grpc.StatusCode.UNAVAILABLE, f"event store: {e}")
+        except DeadlinePassed as e:  # the caller has stopped waiting: stop working too
+            with self._counts_lock:
+                self.deadline_passed[e.stage] += 1
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"Recommend: {e}")
         except CandidateRejected as e:  # not an outage: degrading would hide it
             log.error("Recommend for user %s: %s", request.user_id, e.message)
             with self._counts_lock:

@@ -173,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             candidate_address=args.candidate_address, event_db=args.event_db,
             event_store_url=args.event_store_url,
             retrieve_timeout_ms=args.retrieve_timeout_ms, experiments=args.experiments,
+            retrieve_budget_fraction=args.retrieve_budget_fraction,
             live_trending_ttl_s=args.live_stats_ttl_s, candidate_tls_ca=args.candidate_tls_ca,
             candidate_tls_cert=args.candidate_tls_cert, candidate_tls_key=args.candidate_tls_key,
         )
@@ -451,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--reload-interval-s", type=float,
                     help="poll the bundle root's LATEST this often and hot-swap a new valid version (0 = off)")
     sv.add_argument("--retrieve-timeout-ms", type=int, help="ranking only: Retrieve deadline")
+    sv.add_argument("--retrieve-budget-fraction", type=float,
+                    help="ranking only: share of the caller's remaining time Retrieve may use (0.05..0.95)")
     sv.add_argument("--experiments", help="ranking only: JSON file of re-ranking rules and A/B variants")
     sec = sv.add_argument_group("security (all off by default; docs/RELIABILITY.md)")
     sec.add_argument("--tls-cert", help="PEM certificate chain: serve the main port over TLS")

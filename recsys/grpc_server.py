@@ -166,6 +166,8 @@ def single_thread_compute() -> None:
     numpy/numba/onnxruntime are imported to take full effect."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    # the search encoder's tokenizer (HF tokenizers) would otherwise start a thread per core
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @dataclass

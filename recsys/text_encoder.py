@@ -125,7 +125,7 @@ class TextEncoder:
             with self._lock:
                 for (key, rows), vec in zip(todo.items(), fresh, strict=True):
                     out[rows] = vec
-                    self._cache[key] = vec
+                    self._cache[key] = vec.copy()  # a view would keep the whole batch alive
                     self._cache.move_to_end(key)
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)

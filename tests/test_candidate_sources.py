@@ -177,6 +177,9 @@ def test_inner_product_search_on_unit_vectors_matches_cosine():
     np.testing.assert_allclose(got.distances, want.distances, atol=1e-6)
     assert (got.keys[:, :10] == want.keys[:, :10]).mean() > 0.99, "top-10 keys must match the cosine index's"
     assert not prefer_inner_product(Index(ndim=DIM, metric="cos", dtype="f32"), 2.0 * emb), "not unit: keep cosine"
+    poisoned = emb.copy()
+    poisoned[7, 3] = np.nan
+    assert not prefer_inner_product(Index(ndim=DIM, metric="cos", dtype="f32"), poisoned), "a NaN: keep cosine"
 
 
 def test_fresh_draws_depend_on_the_seed_only():

@@ -17,6 +17,7 @@ from ranking_svc.ranker import (
     FALLBACK_TRENDING,
     CandidateList,
     CandidateUnavailable,
+    DeadlinePassed,
     Demographics,
     LazyList,
     Ranker,
@@ -143,6 +144,39 @@ def test_fallback_mixes_popular_and_trending_and_counts(bundle):
     assert r.trending_order[0] in r.fallback_order[:2]
     # trending differs from all-time popularity (else the second source adds nothing)
     assert not np.array_equal(r.trending_order[:20], r.popular_order[:20])
+
+
+def test_work_stops_between_stages_once_the_deadline_has_passed(bundle, retriever):
+    """A Retrieve that comes back after the caller's deadline (a source that ignores its
+    timeout) must not be scored or re-ranked: DeadlinePassed names the stage skipped. With
+    time left, the same source's answer is ranked normally."""
+    import time
+
+    inner = InProcessCandidateSource(retriever)
+
+    class Late:
+        delay = 0.0
+
+        def fetch(self, *args, **kwargs):
+            got = inner.fetch(*args, **kwargs)
+            time.sleep(self.delay)
+            return got
+
+    late = Late()
+    r = Ranker(bundle, late, MemoryEventStore(), rules=RuleConfig(steps=()))
+    scored = []
+    features = r._features
+    r._features = lambda *a: scored.append(1) or features(*a)
+    late.delay = 0.3
+    with pytest.raises(DeadlinePassed) as err:
+        r.recommend(bundle.user_ids[0], 10, time_ms=T, deadline=time.monotonic() + 0.25)
+    assert err.value.stage == "scoring" and not scored
+    with pytest.raises(DeadlinePassed) as err:
+        r.recommend(bundle.user_ids[0], 10, time_ms=T, deadline=time.monotonic() - 1)
+    assert err.value.stage == "retrieval" and not scored
+    late.delay = 0.0
+    got = r.recommend(bundle.user_ids[0], 10, time_ms=T, deadline=time.monotonic() + 30)
+    assert len(got.items) == 10 and not got.degraded and scored
 
 
 # ------------------------------------------------------------------------------ A/B

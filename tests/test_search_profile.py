@@ -172,6 +172,19 @@ def test_candidate_tier_checks_the_search_profile_field():
         search_input([float("nan"), 1.0], 2, "search_profile")
     with pytest.raises(v.InvalidArgument, match="requests\\[1\\].search_profile: has"):
         search_input([0.0] * (MAX_SEARCH_DIM + 1), 2, "requests[1].search_profile")
+    with pytest.raises(v.InvalidArgument, match="search_profile: must be L2-normalised"):
+        search_input([1e30, 0.0], 2, "search_profile")
+
+
+def test_a_blank_search_query_is_refused_by_name():
+    from ranking_svc.server import decode_event
+    from recsys import validation as v
+    from recsys.v1 import ranking_pb2
+
+    event = ranking_pb2.Event(idempotency_key="k", user_id="u", type=ranking_pb2.EVENT_TYPE_SEARCH,
+                              timestamp_ms=1_800_000_000_000, query=" \u3000 ")
+    with pytest.raises(v.InvalidArgument, match=r"events\[0\]\.query: is required"):
+        decode_event(event, 0, 1_800_000_000_000)
 
 
 def test_logged_searches_are_exported_to_the_dataset():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -159,6 +160,28 @@ def _c_rec_store_down(s, mp):
     s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
 
 
+def _c_rec_deadline(s, mp):
+    """Retrieve comes back after the caller's deadline (a source ignoring its timeout):
+    besides the caller's DEADLINE_EXCEEDED, the server must skip scoring and rules."""
+    fetch, scored, returned = s.ranker.candidates.fetch, [], threading.Event()
+
+    def late_fetch(*a, **k):
+        got = fetch(*a, **k)
+        time.sleep(0.6)
+        returned.set()
+        return got
+
+    features = s.ranker._features
+    mp.setattr(s.ranker.candidates, "fetch", late_fetch)
+    mp.setattr(s.ranker, "_features", lambda *a: scored.append(1) or features(*a))
+    try:
+        s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=0.4)
+    finally:
+        assert returned.wait(10)
+        time.sleep(0.2)  # the handler's next step after the fetch
+        assert not scored, "scored candidates for a caller that had stopped waiting"
+
+
 def _c_rec_bug(s, mp):
     mp.setattr(s.ranker, "recommend", _fail)
     s.ranking.Recommend(ranking_pb2.RecommendRequest(user_id="u1", k=5), timeout=10)
@@ -225,6 +248,7 @@ CASES: dict[tuple[str, str], tuple[Callable, grpc.StatusCode]] = {
     ("Recommend", "a field out of its limits"): (_c_rec_bad_field, C.INVALID_ARGUMENT),
     ("Recommend", "bytes that are not a RecommendRequest"): (_c_rec_bytes, C.INVALID_ARGUMENT),
     ("Recommend", "event store failing"): (_c_rec_store_down, C.UNAVAILABLE),
+    ("Recommend", "the caller's deadline passes while it works"): (_c_rec_deadline, C.DEADLINE_EXCEEDED),
     ("Recommend", "a bug (unexpected exception)"): (_c_rec_bug, C.INTERNAL),
     ("LogEvents", "valid batch"): (_c_log_ok, C.OK),
     ("LogEvents", "an event out of its limits"): (_c_log_bad_field, C.INVALID_ARGUMENT),

@@ -55,7 +55,7 @@ def prefer_inner_product(index: Index, vectors: np.ndarray, tolerance: float = 1
     if index.metric_kind != MetricKind.Cos or index.dtype not in FLOAT_KINDS or len(vectors) == 0:
         return False
     sq_norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
-    if np.abs(sq_norms - 1.0).max() > tolerance:
+    if not np.all(np.abs(sq_norms - 1.0) <= tolerance):  # written so that a NaN fails it
         return False
     index.metric = INNER_PRODUCT_F32 if index.dtype == ScalarKind.F32 else MetricKind.IP
     return True
