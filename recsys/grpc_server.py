@@ -33,6 +33,9 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # thread that never returns (a library fault; see recsys/health.py) would otherwise keep
 # the process alive forever after SIGTERM: concurrent.futures joins its workers at exit.
 STOP_SLACK_S = 5.0
+# Threads kept for health Watch streams beyond `workers` (see build_server): one per
+# watching client channel, e.g. one per ranking replica for a candidate replica.
+WATCH_THREADS = 64
 EXIT_WATCHDOG_S = 10.0
 # Servers close each connection after this long (clients reconnect transparently), so a
 # client balancing over DNS re-resolves and finds replicas added since it connected.
@@ -223,8 +226,10 @@ def build_server(
     recsys.metrics.ServerInterceptor (metrics, request id, access log)."""
     security = security or ServerSecurity()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc"),
-        maximum_concurrent_rpcs=workers * 16,
+        # + WATCH_THREADS: a sync server parks one thread per open health Watch stream (each
+        # client channel with health checking holds one), so those must not eat the workers
+        futures.ThreadPoolExecutor(max_workers=workers + WATCH_THREADS, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=workers * 16 + WATCH_THREADS,
         # the guard goes innermost, so the metrics interceptor sees the code it sets
         interceptors=[*interceptors, *security.interceptors(), GuardInterceptor()],
         options=server_options(),
@@ -248,7 +253,7 @@ def build_server(
         raise OSError(f"could not bind {host}:{port}")
     health_server, health_port = None, 0
     if security.health_port:
-        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+        health_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2 + WATCH_THREADS, thread_name_prefix="health"),
                                     interceptors=[GuardInterceptor()], options=server_options())
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)  # same statuses
         health_port = health_server.add_insecure_port(f"{host}:{security.health_port}")

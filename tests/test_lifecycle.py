@@ -131,3 +131,23 @@ def test_sigterm_exits_even_when_a_handler_thread_never_returns(tmp_path: Path):
     text = (tmp_path / "server.log").read_text()
     assert code == 0, text
     assert "exit stuck" in text and "rpc" in text, text
+
+
+def test_open_health_watch_streams_do_not_starve_the_workers():
+    """Each client channel with health checking holds a Watch stream, and a sync server
+    parks a thread on each: with one worker and three watchers, unary calls still answer."""
+    s = build_server("127.0.0.1", 0, 1, [], ["test.v1.Thing"])
+    s.start()
+    s.set_serving(True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{s.port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            streams = [stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=60) for _ in range(3)]
+            assert all(next(w).status == SERVING for w in streams)
+            assert s.health.watchers == 3
+            for _ in range(5):
+                assert stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == SERVING
+            for w in streams:
+                w.cancel()
+    finally:
+        s.server.stop(0).wait(5)
