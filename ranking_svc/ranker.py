@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Generic, Protocol, Sequence, TypeVar
 
@@ -60,6 +60,10 @@ EXPLAIN_FEATURES = 3  # feature contributions listed per explained item
 SEARCH_PROFILE: ContextVar[np.ndarray | None] = ContextVar("search_profile", default=None)
 # Time kept back from the caller's deadline for scoring and rules after Retrieve returns.
 RANKING_RESERVE_S = 0.02
+# Ranking's own budget ends this share of the call's time before the caller's deadline (at
+# least RANKING_RESERVE_S): past it, a partial answer (RANKING_TIMEOUT) beats an error.
+RANKING_RESERVE_FRACTION = 0.2
+RANKING_TIMEOUT = "RANKING_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -260,6 +264,7 @@ class Ranker:
         self._stats_lock = threading.Lock()
         self.degraded = Counter()  # degraded answers by the first word of the reason
         self.search_failures = 0  # answers that lost their search signal to an encoder fault
+        self.ranking_cost_s = 0.0  # scoring + rules, moving average (RANKING_TIMEOUT decisions)
 
     def degraded_total(self) -> int:
         with self._stats_lock:
@@ -359,6 +364,7 @@ class Ranker:
         rules: RuleConfig | None = None,
     ) -> RankResult:
         b = self.bundle
+        started = time.monotonic()
         with tracing.stage("ranking.history"):  # bundle history + the event store's recent events
             h = self.history(user_id, demographics)
         if self.search is not None and h.searches:  # each query encoded once (the encoder's cache)
@@ -422,13 +428,26 @@ class Ranker:
             SEARCH_PROFILE.reset(profile_token)
 
         check_deadline(deadline, "scoring")  # a late Retrieve may have used it all up
-        with tracing.stage("ranking.score"):
-            feats = self._features(self.user_state(h, tt_user), cand, static)
-            weights, bias = self.weights_for(len(h.positives))
-            scores = kernels.linear_score(feats, weights, bias)
-            demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
-            if demotion is not None:
-                scores = scores - demotion
+        rank_until = None
+        if deadline is not None:
+            rank_until = deadline - max(RANKING_RESERVE_S, RANKING_RESERVE_FRACTION * (deadline - started))
+        ranking_started = time.monotonic()
+        # Not enough budget left for what scoring + rules cost lately: the candidates as the
+        # candidate tier ordered them (two-tower ANN, then the other sources), mandatory filters
+        # only. Partial, said so, inside the deadline.
+        skip_scoring = rank_until is not None and ranking_started + self.ranking_cost_s > rank_until
+        feats, weights, demotion = None, self.weights, None
+        if skip_scoring:
+            self._ranking_timeout(result, "no budget left to score")
+            scores = -np.arange(len(cand), dtype=np.float32)
+        else:
+            with tracing.stage("ranking.score"):
+                feats = self._features(self.user_state(h, tt_user), cand, static)
+                weights, bias = self.weights_for(len(h.positives))
+                scores = kernels.linear_score(feats, weights, bias)
+                demotion = self.dislike_demotion(h, cand) if h.fresh_negatives else None
+                if demotion is not None:
+                    scores = scores - demotion
         month = dt.datetime.fromtimestamp((time_ms or time.time() * 1000) / 1000, dt.UTC).month
         ctx = RuleContext(user_id=user_id, k=k, excluded=excluded, month=month, explain=explain)
         slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64))
@@ -436,15 +455,29 @@ class Ranker:
             for pos in np.flatnonzero(demotion > 0.01).tolist():
                 slate.note(pos, f"dislike: score -{demotion[pos]:.3f} (look-alike of a disliked item)")
         check_deadline(deadline, "re-ranking")
+        rule_config = rules or self.rules
+        if skip_scoring or (rank_until is not None and time.monotonic() > rank_until):
+            if not skip_scoring:
+                self._ranking_timeout(result, "scored; optional rules skipped")
+            rule_config = replace(rule_config, steps=())  # seen / excluded / policy filters still apply
         with tracing.stage("ranking.rules"):
-            slate = apply_rules(slate, ctx, self.catalog, rules or self.rules)
+            slate = apply_rules(slate, ctx, self.catalog, rule_config)
+        if not skip_scoring:  # what scoring + rules cost lately (a moving average)
+            self.ranking_cost_s = 0.5 * self.ranking_cost_s + 0.5 * (time.monotonic() - ranking_started)
         for pos in slate.order[:k].tolist():
             item = int(cand[pos])
             ranked = RankedItem(b.item_ids[item], float(slate.scores[pos]), list(sources[pos]), b.titles[item])
-            if explain:
+            if explain and feats is not None:
                 ranked.explanation = self._explain(feats[pos], list(sources[pos]), slate.notes.get(pos, []), weights)
             result.items.append(ranked)
         return result
+
+    def _ranking_timeout(self, result: RankResult, what: str) -> None:
+        reason = f"{RANKING_TIMEOUT}: {what}"
+        result.degraded = True
+        result.degraded_reason = f"{result.degraded_reason}; {reason}" if result.degraded_reason else reason
+        with self._stats_lock:
+            self.degraded[RANKING_TIMEOUT] += 1
 
     def dislike_demotion(self, h: UserHistory, cand: np.ndarray) -> np.ndarray:
         """How far logged dislikes push each candidate down: as far as one liked item pulls

@@ -15,6 +15,7 @@ from ranking_svc.experiments import bucket, load_experiment, parse_experiment
 from ranking_svc.ranker import (
     FALLBACK,
     FALLBACK_TRENDING,
+    RANKING_TIMEOUT,
     CandidateList,
     CandidateUnavailable,
     DeadlinePassed,
@@ -177,6 +178,37 @@ def test_work_stops_between_stages_once_the_deadline_has_passed(bundle, retrieve
     late.delay = 0.0
     got = r.recommend(bundle.user_ids[0], 10, time_ms=T, deadline=time.monotonic() + 30)
     assert len(got.items) == 10 and not got.degraded and scored
+
+
+def test_ranking_out_of_budget_answers_partial_inside_the_deadline(bundle, retriever):
+    """Reliability promise 17: a slow scoring stage that eats ranking's budget (deadline
+    minus 20 % of the call) gets the optional rules skipped and a degraded RANKING_TIMEOUT
+    answer before the deadline; once scoring is known to cost more than the budget left,
+    the next call skips scoring and answers in the candidate tier's order at once. Seen and
+    excluded items stay out either way."""
+    import time
+
+    r = Ranker(bundle, InProcessCandidateSource(retriever), MemoryEventStore())
+    features = r._features
+    slow = {"s": 0.0}
+    r._features = lambda *a: time.sleep(slow["s"]) or features(*a)
+    user = bundle.user_ids[0]
+    normal = r.recommend(user, 10, time_ms=T, deadline=time.monotonic() + 30)
+    assert not normal.degraded and len(normal.items) == 10
+    excluded = [normal.items[0].item_id]
+    slow["s"] = 0.9
+    t0 = time.monotonic()
+    got = r.recommend(user, 10, exclude_ids=excluded, time_ms=T, deadline=t0 + 1.0)
+    took = time.monotonic() - t0
+    assert got.degraded and got.degraded_reason == f"{RANKING_TIMEOUT}: scored; optional rules skipped", got
+    assert took < 1.0 and len(got.items) == 10 and excluded[0] not in [it.item_id for it in got.items]
+    assert r.ranking_cost_s > 0.4, "the slow stage is remembered"
+    t0 = time.monotonic()
+    fast = r.recommend(user, 10, exclude_ids=excluded, time_ms=T, deadline=t0 + 0.5)
+    assert time.monotonic() - t0 < 0.5, "no scoring: it answers at once"
+    assert fast.degraded and fast.degraded_reason == f"{RANKING_TIMEOUT}: no budget left to score", fast
+    assert len(fast.items) == 10 and excluded[0] not in [it.item_id for it in fast.items]
+    assert r.degraded[RANKING_TIMEOUT] == 2
 
 
 # ------------------------------------------------------------------------------ A/B

@@ -262,6 +262,8 @@ CASES: dict[tuple[str, str], tuple[Callable, grpc.StatusCode]] = {
 
 # rows whose case lives in another file (they need a differently configured server)
 ELSEWHERE = {
+    ("Recommend", "ranking runs out of its own budget (the last 20 % of the call is reserve)"):
+        "tests/test_ranking_ranker.py::test_ranking_out_of_budget_answers_partial_inside_the_deadline",
     ("any", "no token, or a token not in the token file"): "tests/test_security.py",
     ("any", "a token not allowed this method"): "tests/test_security.py",
 }
