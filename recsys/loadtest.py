@@ -207,7 +207,9 @@ async def _drive(spec: LoadSpec, pool: UserPool, proc: int, start_wall: float, p
 
     from recsys.grpc_server import client_channel_options
 
-    async with grpc.aio.insecure_channel(spec.address, options=client_channel_options()) as channel:
+    # retries off: the load generator must count every failed attempt, not what a retry hid
+    options = [*client_channel_options(), ("grpc.enable_retries", 0)]
+    async with grpc.aio.insecure_channel(spec.address, options=options) as channel:
         stub = ranking_pb2_grpc.RankingServiceStub(channel)
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
 
