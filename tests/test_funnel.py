@@ -9,7 +9,14 @@ import pytest
 from candidate_svc.retrieval import POPULAR, TWO_TOWER, Request
 from evaluation.run import InProcessCandidateSource
 from ranking_svc.events import MemoryEventStore, SQLiteEventStore, StoredEvent
-from ranking_svc.ranker import FALLBACK, FALLBACK_TRENDING, CandidateUnavailable, Demographics, Ranker
+from ranking_svc.ranker import (
+    FALLBACK,
+    FALLBACK_TRENDING,
+    CandidateUnavailable,
+    DeadlinePassed,
+    Demographics,
+    Ranker,
+)
 from recsys.features import UserInput
 
 pytestmark = pytest.mark.slow
@@ -107,7 +114,7 @@ def test_fallback_when_candidate_tier_fails(bundle):
     assert not seen & {it.item_id for it in result.items}
 
 
-def test_expired_deadline_degrades_without_calling_the_tier(bundle, retriever):
+def test_expired_deadline_stops_without_calling_the_tier(bundle, retriever):
     import time
 
     calls = []
@@ -118,8 +125,10 @@ def test_expired_deadline_degrades_without_calling_the_tier(bundle, retriever):
             return super().fetch(*args, **kwargs)
 
     r = Ranker(bundle, Counting(retriever), None)
-    result = r.recommend("someone", 5, time_ms=T, deadline=time.monotonic() - 1)
-    assert result.degraded and "DEADLINE_EXCEEDED" in result.degraded_reason and not calls
+    # the caller has already gone: no Retrieve, no answer (the server says DEADLINE_EXCEEDED)
+    with pytest.raises(DeadlinePassed) as err:
+        r.recommend("someone", 5, time_ms=T, deadline=time.monotonic() - 1)
+    assert err.value.stage == "retrieval" and not calls
 
 
 def test_ranker_segments_pick_weights_by_history_length(bundle, retriever):
