@@ -93,6 +93,11 @@ class EventStoreUnavailable(Exception):
     """The store cannot be reached (a network store's connection failed or timed out)."""
 
 
+class EventStoreCorrupt(Exception):
+    """The store's own integrity check failed at start-up (DATA_LOSS): the service must not
+    become ready on it: it would answer without, or over, the users' real events."""
+
+
 class EventStore(Protocol):
     def append(self, events: Sequence[StoredEvent]) -> tuple[int, int]:
         """Store durably; return (newly stored, duplicates by idempotency key)."""
@@ -146,7 +151,7 @@ class SQLiteEventStore:
         self.path = str(path)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
-        self._writer = self._connect()
+        self._writer = self._connect_checked()
         had_stats = self._writer.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_stats'").fetchone()
         self._writer.executescript(self.SCHEMA)
@@ -167,6 +172,19 @@ class SQLiteEventStore:
                 raise
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        """The writer connection, after `PRAGMA quick_check` (every page and index, no
+        cross-check of index contents: seconds for millions of rows) says the file is sound."""
+        try:
+            conn = self._connect()
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        except sqlite3.DatabaseError as e:  # not a database at all, or a header beyond repair
+            raise EventStoreCorrupt(f"DATA_LOSS: event store {self.path}: {e}") from None
+        if problems != ["ok"]:
+            conn.close()
+            raise EventStoreCorrupt(f"DATA_LOSS: event store {self.path} failed quick_check: {'; '.join(problems)}")
+        return conn
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+# `recsys serve` exit code when the event store fails its integrity check at start-up
+EXIT_DATA_LOSS = 3
 
 def _setup_logging(verbose: bool, log_format: str = "text", level: str | None = None) -> None:
     from recsys import logs
@@ -163,9 +165,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          live_stats_ttl_s=args.live_stats_ttl_s)
         config = cfg.load(cfg.CandidateConfig, overrides)
         if config.event_db or config.event_store_url:  # live counts for trending and fresh
-            from ranking_svc.events import open_event_store
+            from ranking_svc.events import EventStoreCorrupt, open_event_store
 
-            deps["item_stats"] = open_event_store(config.event_db, config.event_store_url)
+            try:
+                deps["item_stats"] = open_event_store(config.event_db, config.event_store_url)
+            except EventStoreCorrupt as e:
+                logging.getLogger("recsys.serve").critical("%s", e)
+                return EXIT_DATA_LOSS
     else:
         from ranking_svc.server import create_server
 
@@ -178,7 +184,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             candidate_tls_cert=args.candidate_tls_cert, candidate_tls_key=args.candidate_tls_key,
         )
         config = cfg.load(cfg.RankingConfig, overrides)
-    served, _ = create_server(config, **deps)
+    from ranking_svc.events import EventStoreCorrupt
+
+    try:
+        served, _ = create_server(config, **deps)
+    except EventStoreCorrupt as e:  # never ready on a damaged store: exit, say so, let the operator restore
+        logging.getLogger("recsys.serve").critical("%s", e)
+        return EXIT_DATA_LOSS
     if config.metrics_port:
         from recsys.metrics import start_http
 
