@@ -34,17 +34,24 @@ class Refusing(Replica):
         context.abort(self.behave(self.attempts), self.details)
 
 
-@pytest.mark.parametrize("code", [C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.RESOURCE_EXHAUSTED,
-                                  C.UNAUTHENTICATED, C.PERMISSION_DENIED])
-def test_an_outage_or_overload_degrades(code):
-    with serving(Refusing(code, "tier: not now")) as (server,):
+def fetch_from(replica, expected: type[Exception]) -> Exception:
+    """One fetch through a real GrpcCandidateSource against `replica` on loopback; returns
+    the `expected` exception it must raise."""
+    with serving(replica) as (server,):
         source = GrpcCandidateSource(f"127.0.0.1:{server.port}")
         try:
-            with pytest.raises(CandidateUnavailable) as err:
+            with pytest.raises(expected) as err:
                 fetch(source)
         finally:
             source.close()
-    assert err.value.reason.startswith(code.name + ": ")
+    return err.value
+
+
+@pytest.mark.parametrize("code", [C.UNAVAILABLE, C.DEADLINE_EXCEEDED, C.RESOURCE_EXHAUSTED,
+                                  C.UNAUTHENTICATED, C.PERMISSION_DENIED])
+def test_an_outage_or_overload_degrades(code):
+    err = fetch_from(Refusing(code, "tier: not now"), CandidateUnavailable)
+    assert err.reason.startswith(code.name + ": ")
 
 
 @pytest.mark.parametrize("code, details, caller_code", [
@@ -59,19 +66,13 @@ def test_an_outage_or_overload_degrades(code):
     (C.UNKNOWN, "Exception calling application", C.INTERNAL),
 ])
 def test_a_refusal_of_the_request_is_surfaced_not_degraded(code, details, caller_code):
-    with serving(Refusing(code, details)) as (server,):
-        source = GrpcCandidateSource(f"127.0.0.1:{server.port}")
-        try:
-            with pytest.raises(CandidateRejected) as err:
-                fetch(source)
-        finally:
-            source.close()
-    assert err.value.code == caller_code and err.value.downstream == code
-    assert details in err.value.message
+    err = fetch_from(Refusing(code, details), CandidateRejected)
+    assert err.code == caller_code and err.downstream == code
+    assert details in err.message
     if caller_code == C.INVALID_ARGUMENT:
-        assert err.value.message.startswith(details), "the caller's field path must come first"
+        assert err.message.startswith(details), "the caller's field path must come first"
     else:
-        assert err.value.message.startswith(f"candidate tier refused the request: {code.name}: ")
+        assert err.message.startswith(f"candidate tier refused the request: {code.name}: ")
 
 
 def test_a_refusal_neither_opens_the_breaker_nor_holds_its_probe():
