@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import grpc
 
+_access = logging.getLogger("recsys.access")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# Who is calling, for the handler and the access log: the verified client certificate's
+# common name under mutual TLS ("" otherwise). Set by CallerIdentityInterceptor per call.
+CALLER: ContextVar[str] = ContextVar("caller", default="")
+
+
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """The mTLS peer's certificate common name, as gRPC verified it; "" without mTLS."""
+    names = (context.auth_context() or {}).get("x509_common_name") or []
+    return names[0].decode(errors="replace") if names else ""
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,34 @@ class ServerSecurity:
         )
 
     def interceptors(self) -> list[grpc.ServerInterceptor]:
-        return [TokenAuthInterceptor(load_tokens(self.auth_tokens))] if self.auth_tokens else []
+        out: list[grpc.ServerInterceptor] = [CallerIdentityInterceptor()] if self.tls_client_ca else []
+        if self.auth_tokens:
+            out.append(TokenAuthInterceptor(load_tokens(self.auth_tokens)))
+        return out
+
+
+class CallerIdentityInterceptor(grpc.ServerInterceptor):
+    """Under mutual TLS: binds CALLER to the client certificate's common name around each
+    unary handler, and logs it on the `recsys.access` logger at DEBUG."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior, method = handler.unary_unary, handler_call_details.method
+
+        def wrapped(request, context):
+            caller = caller_identity(context)
+            token = CALLER.set(caller)
+            try:
+                return behavior(request, context)
+            finally:
+                CALLER.reset(token)
+                _access.debug("rpc %s from %s", method, caller or "?", extra={"caller": caller})
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer)
 
 
 def channel_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials | None:

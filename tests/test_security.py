@@ -119,6 +119,28 @@ def test_mtls_client_with_a_cert_and_a_token_is_served(candidate_mtls, pki):
     assert len(resp.candidates) == 5
 
 
+def test_the_verified_client_identity_reaches_the_handler(pki):
+    """Under mTLS the handler (and the access log) know who calls: the client certificate's
+    common name as gRPC verified it, bound to recsys.security.CALLER for the call only."""
+    from recsys.grpc_server import build_server
+    from recsys.security import CALLER, ServerSecurity
+
+    def whoami(request, context):
+        return CALLER.get().encode()
+
+    handler = grpc.method_handlers_generic_handler("test.v1.Who", {"Am": grpc.unary_unary_rpc_method_handler(whoami)})
+    security = ServerSecurity(tls_cert=pki["server"], tls_key=pki["server_key"], tls_client_ca=pki["ca"])
+    served = build_server("127.0.0.1", 0, 2, [lambda s: s.add_generic_rpc_handlers((handler,))],
+                          ["test.v1.Who"], security=security)
+    served.start()
+    try:
+        with _mtls_channel(served.port, pki) as ch:
+            assert ch.unary_unary("/test.v1.Who/Am")(b"", timeout=10) == b"client"
+        assert CALLER.get() == "", "bound for the call only"
+    finally:
+        served.stop(0)
+
+
 @pytest.mark.parametrize("cert", [None, "rogue"], ids=["no-client-cert", "cert-from-another-ca"])
 def test_mtls_refuses_a_client_without_a_good_cert(candidate_mtls, pki, cert):
     with _mtls_channel(candidate_mtls.port, pki, cert) as ch:
