@@ -11,13 +11,15 @@
        fills up, so the answer holds exactly `num` items whenever the catalogue has `num`
        items that are not excluded.
 
-Every chosen item carries every source that proposed it, with that source's score.
+Every chosen item carries every source that proposed it, with that source's score, held as
+arrays (`Provenance`: one score column per source) from here to the response encoder
+(candidate_svc/server.py) and the per-source counts (recsys/metrics.py).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -26,10 +28,63 @@ from candidate_svc.sources import SOURCE_ORDER, TWO_TOWER, Proposal, first_allow
 
 
 @dataclass
+class Provenance:
+    """Which sources proposed each of n candidates, and their scores, as arrays.
+
+    Row r as a mapping (`row(r)`, `dicts()`): the sources with proposed[r, j], in column
+    order, except that a row with lead[r] >= 0 (an item the fallback added) has its lead
+    column first: the order the item-at-a-time merge wrote them in, which the response
+    keeps."""
+
+    names: tuple[str, ...]  # column j's source, in merge order
+    scores: np.ndarray  # float[n, k] (the sources' dtype, float32): the score, NaN where not proposed
+    proposed: np.ndarray  # bool[n, k]
+    lead: np.ndarray | None = None  # int8[n]: column written first, -1 for none; None: no row has one
+    _dicts: list | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.proposed)
+
+    @staticmethod
+    def empty(n: int = 0) -> "Provenance":
+        return Provenance((), np.zeros((n, 0), np.float32), np.zeros((n, 0), np.bool_))
+
+    def take(self, rows: np.ndarray) -> "Provenance":
+        return Provenance(self.names, self.scores[rows], self.proposed[rows],
+                          None if self.lead is None else self.lead[rows])
+
+    def counts(self) -> dict[str, int]:
+        """Candidates per source, for the sources that proposed at least one."""
+        per = self.proposed.sum(axis=0).tolist()
+        return {name: n for name, n in zip(self.names, per) if n}
+
+    def dicts(self) -> list[dict[str, float]]:
+        """Per row: source -> score, in the row's order (built once, on first use)."""
+        if self._dicts is None:
+            names = self.names
+            cols = range(len(names))
+            lead = [-1] * len(self) if self.lead is None else self.lead.tolist()
+            out = []
+            for first, values, mask in zip(lead, self.scores.tolist(), self.proposed.tolist()):
+                row = {names[first]: values[first]} if first >= 0 and mask[first] else {}
+                for j in cols:
+                    if mask[j] and j != first:
+                        row[names[j]] = values[j]
+                out.append(row)
+            self._dicts = out
+        return self._dicts
+
+
+@dataclass
 class Merged:
     items: np.ndarray  # int64[m], distinct, in admission order
-    sources: list[dict[str, float]]  # per item: every source that proposed it -> its score
+    provenance: Provenance  # per item: every source that proposed it, with its score
     admitted: dict[str, int]  # per source: items it added (quota + shortfall fill)
+
+    @property
+    def sources(self) -> list[dict[str, float]]:
+        """Per item: every source that proposed it -> its score (built from `provenance`)."""
+        return self.provenance.dicts()
 
 
 def quotas_from_fractions(num: int, fractions: Mapping[str, float]) -> dict[str, int]:
@@ -62,10 +117,11 @@ def merge(
     """`fallback` = (source name, best-first item order, scores by item index).
 
     Array-at-a-time: each admission step masks a source's remaining proposals against a
-    bool[n_items] of the chosen items, so Python touches only the chosen items' provenance
-    (the item-at-a-time loop over every proposal, kept as the twin in
-    tests/test_candidate_sources.py, took ~1.6x the CPU on 300-candidate merges). Relies on
-    the Source contract: a proposal's items are distinct.
+    bool[n_items] of the chosen items, and the provenance is written a source column at a
+    time into a Provenance's arrays (no Python object per candidate; the item-at-a-time
+    loop over every proposal, kept as the twin in tests/test_candidate_sources.py, took
+    ~1.6x the CPU on 300-candidate merges even with dicts per chosen item). Relies on the
+    Source contract: a proposal's items are distinct.
     """
     order = [n for n in SOURCE_ORDER if n in proposals] + sorted(set(proposals) - set(SOURCE_ORDER))
     chosen = np.zeros(len(excluded), dtype=np.bool_)  # calloc'd: only the chosen pages are touched
@@ -101,26 +157,36 @@ def merge(
         admit(name, num)
     items = np.concatenate(picked) if picked else np.zeros(0, np.int64)
     fb_name, fb_order, fb_scores = fallback
-    sources: list[dict[str, float]] = [{} for _ in range(len(items))]
+    n_merged = len(items)
+    extra = None
     if n_chosen < num:
         extra = first_allowed(fb_order, fb_scores, num - n_chosen, excluded | chosen)
         chosen[extra.items] = True
         items = np.concatenate([items, extra.items])
-        sources += [{fb_name: score} for score in extra.scores.tolist()]
         admitted[fb_name] = admitted.get(fb_name, 0) + len(extra)
-    # provenance: every source that proposed a chosen item, in merge order
+    # provenance: every source that proposed a chosen item, one column per source in merge order
+    names = order + ([fb_name] if extra is not None and fb_name not in order else [])
+    dtype = np.result_type(np.float32, *(proposals[name].scores.dtype for name in order))
+    scores = np.full((len(items), len(names)), np.nan, dtype=dtype)
+    proposed = np.zeros((len(items), len(names)), dtype=np.bool_)
+    lead = None
+    if extra is not None and len(extra):  # the fallback's own entries, written first, stay
+        col = names.index(fb_name)
+        scores[n_merged:, col] = extra.scores
+        proposed[n_merged:, col] = True
+        lead = np.full(len(items), -1, dtype=np.int8)
+        lead[n_merged:] = col
     position = np.argsort(items, kind="stable")
     sorted_items = items[position]
-    for name in order:
+    for col, name in enumerate(order):
         p = proposals[name]
         hit = np.flatnonzero(chosen[p.items])
         if len(hit) == 0:
             continue
         rows = position[np.searchsorted(sorted_items, p.items[hit])]
-        if name == fb_name:  # the fallback's own entries, written first, stay
-            for row, score in zip(rows.tolist(), p.scores[hit].tolist()):
-                sources[row].setdefault(name, score)
-        else:  # a source's items are distinct: one entry per row
-            for row, score in zip(rows.tolist(), p.scores[hit].tolist()):
-                sources[row][name] = score
-    return Merged(items.astype(np.int64, copy=False), sources, admitted)
+        if name == fb_name and lead is not None:
+            fresh = ~proposed[rows, col]
+            rows, hit = rows[fresh], hit[fresh]
+        scores[rows, col] = p.scores[hit]  # a source's items are distinct: one entry per row
+        proposed[rows, col] = True
+    return Merged(items.astype(np.int64, copy=False), Provenance(tuple(names), scores, proposed, lead), admitted)

@@ -34,7 +34,7 @@ from usearch.index import Index
 
 import kernels
 from candidate_svc.live_stats import ItemStatsReader, LiveSourceStats
-from candidate_svc.merge import ask_for, merge, quotas_from_fractions
+from candidate_svc.merge import Provenance, ask_for, merge, quotas_from_fractions
 from candidate_svc.sources import (
     FRESH,
     ITEM_TO_ITEM,
@@ -65,11 +65,17 @@ class Candidates:
 
     items: np.ndarray  # int64[n] item indices
     two_tower_scores: np.ndarray  # float32[n]
-    sources: list[dict[str, float]]  # per candidate: source name -> that source's score
+    provenance: Provenance  # per candidate: every source that proposed it, with its score (arrays)
     user_embedding: np.ndarray  # float32[d]
     history_used: int = 0
     cold_start: bool = False  # no history item known to the bundle
     admitted: dict[str, int] = field(default_factory=dict)  # per source: items it added
+
+    @property
+    def sources(self) -> list[dict[str, float]]:
+        """Per candidate: source name -> that source's score (built from `provenance` on
+        first use; the server encodes and counts from the arrays)."""
+        return self.provenance.dicts()
 
 
 @dataclass
@@ -183,7 +189,7 @@ class Retriever:
         return Candidates(
             items=items[order],
             two_tower_scores=scores[order],
-            sources=[merged.sources[k] for k in order.tolist()],
+            provenance=merged.provenance.take(order),
             user_embedding=user_vec,
             history_used=min(int(np.count_nonzero(history < self.tower_items)), self.bundle.spec.history_length),
             cold_start=len(history) == 0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import struct
+import threading
 from dataclasses import replace
 
 import grpc
@@ -90,7 +90,6 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: 
     )
 
 
-_F32 = struct.Struct("<f")
 _ONE_BYTE = [bytes((n,)) for n in range(128)]
 
 
@@ -120,38 +119,131 @@ def encode_candidates(result: Candidates, bundle: Bundle) -> candidate_pb2.Retri
     return encode_counted(result, bundle)[0]
 
 
+class _ItemTable:
+    """Per bundle, each item's Candidate head as wire bytes: item_id (field 1, string) and
+    the tag of two_tower_score (field 2, fixed32). Built once per bundle (at start and on
+    hot reload, see create_server), so a response gathers its candidates' heads by index."""
+
+    def __init__(self, item_ids) -> None:
+        heads = [_length_prefixed(b"\x0a", i.encode()) + b"\x15" for i in item_ids]
+        self.length = np.fromiter(map(len, heads), dtype=np.int64, count=len(heads))
+        self.start = np.cumsum(self.length) - self.length
+        self.flat = np.frombuffer(b"".join(heads), dtype=np.uint8)
+
+
+_tables: dict[int, tuple[object, _ItemTable]] = {}
+_tables_lock = threading.Lock()
+
+
+def _item_table(bundle: Bundle) -> _ItemTable:
+    """The bundle's _ItemTable, keyed by its item_ids object (held, so its id stays unique)."""
+    ids = bundle.item_ids
+    hit = _tables.get(id(ids))
+    if hit is not None and hit[0] is ids:
+        return hit[1]
+    table = _ItemTable(ids)
+    with _tables_lock:
+        while len(_tables) >= 4:  # the serving bundle and the one a reload warms, with room to spare
+            _tables.pop(next(iter(_tables)))
+        _tables[id(ids)] = (ids, table)
+    return table
+
+
+def _spans(dst: np.ndarray, src: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Byte indices of the spans [dst, dst + n) and [src, src + n) for each n in lengths,
+    concatenated: out[a] = pool[b] copies every span in one call."""
+    ends = np.cumsum(lengths)
+    within = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) - np.repeat(ends - lengths, lengths)
+    return np.repeat(dst, lengths) + within, np.repeat(src, lengths) + within
+
+
+def _candidates_wire(result: Candidates, bundle: Bundle) -> bytes:
+    """RetrieveResponse.candidates (field 1, repeated Candidate) as wire bytes, in array
+    operations: per candidate its head (_ItemTable), two_tower_score, then one SourceScore
+    (field 3) per proposing source in the provenance row's order (candidate_svc.merge.Provenance).
+    A (candidates x fields) table of byte lengths gives every field's offset (one cumulative
+    sum) and where its bytes come from (the item table, or a small pool of this response's
+    length prefixes, scores and source prefixes); two gathers copy them.
+    tests/test_candidate_encode.py pins the bytes to the per-dict encoder it replaced."""
+    items = result.items
+    n = len(items)
+    if n == 0:
+        return b""
+    prov = result.provenance
+    table = _item_table(bundle)
+    k = len(prov.names)
+    prefixes = [_source_score_prefix(name) for name in prov.names]
+    pre_len = np.array([len(p) for p in prefixes], dtype=np.int64)
+    # fields: 0 response tag + length, 1 head, 2 score, 3-4 lead entry (prefix, score),
+    # then per column j: 5 + 2j its prefix, 6 + 2j its score
+    shown = prov.proposed
+    lead_rows = lead_cols = None
+    if prov.lead is not None:
+        lead_rows = np.flatnonzero(prov.lead >= 0)
+        lead_cols = prov.lead[lead_rows].astype(np.int64)
+        keep = prov.proposed[lead_rows, lead_cols]
+        lead_rows, lead_cols = lead_rows[keep], lead_cols[keep]
+        shown = prov.proposed.copy()
+        shown[lead_rows, lead_cols] = False
+    lengths = np.zeros((n, 5 + 2 * k), dtype=np.int64)
+    lengths[:, 1] = table.length[items]
+    lengths[:, 2] = 4
+    lengths[:, 5::2] = shown * pre_len
+    lengths[:, 6::2] = shown * 4
+    if lead_rows is not None:
+        lengths[lead_rows, 3] = pre_len[lead_cols]
+        lengths[lead_rows, 4] = 4
+    body = lengths[:, 1:].sum(axis=1)
+    varint_len = 1 + (body >= 1 << 7) + (body >= 1 << 14) + (body >= 1 << 21) + (body >= 1 << 28)
+    lengths[:, 0] = 1 + varint_len
+    at = np.cumsum(lengths) - lengths.ravel()  # each field's offset in the output, row-major
+    out = np.empty(int(at[-1] + lengths[-1, -1]), dtype=np.uint8)
+    # the pool: [response tag + body length varint, 6 bytes a row][two-tower scores][source
+    # prefixes][source scores, row-major]
+    header = np.zeros((n, 6), dtype=np.uint8)
+    header[:, 0] = 0x0A
+    rest = body
+    for b in range(int(varint_len.max())):  # the body length's varint, 7 bits a byte
+        header[:, 1 + b] = (rest & 0x7F) | np.where(varint_len > b + 1, 0x80, 0)
+        rest = rest >> 7
+    with np.errstate(over="ignore"):  # inf beyond FLT_MAX, as protobuf stores it
+        source_scores = np.ascontiguousarray(prov.scores, dtype="<f4")
+    pool = np.concatenate([
+        header.ravel(),
+        np.ascontiguousarray(result.two_tower_scores, dtype="<f4").view(np.uint8),
+        np.frombuffer(b"".join(prefixes), dtype=np.uint8),
+        source_scores.view(np.uint8).ravel(),
+    ])
+    at_tt, at_pre = 6 * n, 10 * n
+    at_sc = at_pre + int(pre_len.sum())
+    rows = np.arange(n, dtype=np.int64)[:, None]
+    src = np.zeros((n, 5 + 2 * k), dtype=np.int64)
+    src[:, 0] = 6 * rows[:, 0]
+    src[:, 2] = at_tt + 4 * rows[:, 0]
+    src[:, 5::2] = at_pre + (np.cumsum(pre_len) - pre_len)
+    src[:, 6::2] = at_sc + 4 * (k * rows + np.arange(k))
+    if lead_rows is not None:
+        src[lead_rows, 3] = src[lead_rows, 5 + 2 * lead_cols]
+        src[lead_rows, 4] = src[lead_rows, 6 + 2 * lead_cols]
+    small = lengths.ravel().copy()
+    small[1 :: 5 + 2 * k] = 0  # the heads come from the item table
+    dst_at, src_at = _spans(at, src.ravel(), small)
+    out[dst_at] = pool[src_at]
+    dst_at, src_at = _spans(at[1 :: 5 + 2 * k], table.start[items], lengths[:, 1])
+    out[dst_at] = table.flat[src_at]
+    return out.tobytes()
+
+
 def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.RetrieveResponse, dict[str, int]]:
     """The response and its candidates per source. Its repeated Candidate is written as wire
-    bytes and parsed by upb in one call: building 300 candidates field by field (a Python
-    call per message) cost ~0.6 ms, this ~0.2 ms; tests/test_candidate_retrieval.py pins it
-    to the field-by-field twin."""
-    ids = bundle.item_ids
-    scores = result.two_tower_scores.astype("<f4").tobytes()
-    pack = _F32.pack
-    prefixes: dict[str, bytes] = {}
-    per_source: dict[str, int] = {}
-    parts: list[bytes] = []
-    for at, item, sources in zip(range(0, len(scores), 4), result.items.tolist(), result.sources):
-        item_id = ids[item].encode()
-        n = len(item_id)  # Candidate: item_id (field 1, string), two_tower_score (field 2, fixed32)
-        fields = [b"\x0a", _ONE_BYTE[n] if n < 128 else _varint(n), item_id, b"\x15", scores[at : at + 4]]
-        for name, score in sources.items():
-            prefix = prefixes.get(name)
-            if prefix is None:
-                prefix = prefixes[name] = _source_score_prefix(name)
-                per_source[name] = 0
-            fields.append(prefix)
-            fields.append(pack(float(np.float32(score))))  # inf beyond FLT_MAX, as protobuf stores it
-            per_source[name] += 1
-        body = b"".join(fields)
-        n = len(body)  # RetrieveResponse.candidates (field 1)
-        parts += (b"\x0a", _ONE_BYTE[n] if n < 128 else _varint(n), body)
-    response = candidate_pb2.RetrieveResponse.FromString(b"".join(parts))
+    bytes from the provenance arrays (_candidates_wire) and parsed by upb in one call:
+    building 300 candidates field by field (a Python call per message) cost ~0.6 ms."""
+    response = candidate_pb2.RetrieveResponse.FromString(_candidates_wire(result, bundle))
     response.bundle_version = bundle.version
     response.history_used = result.history_used
     response.cold_start = result.cold_start
     response.user_embedding.extend(result.user_embedding.tolist())
-    return response, per_source
+    return response, result.provenance.counts()
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
@@ -199,6 +291,7 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
 
     def make_retriever(b: Bundle) -> Retriever:  # validated and warmed: at start and on hot reload
         r = Retriever(b, config.popular_fraction, config.ann_expansion, config.fractions())
+        _item_table(b)  # the response encoder's per-item bytes, built before serving
         if item_stats is not None:
             r.attach_live_stats(item_stats, config.live_stats_ttl_s)
         r.warmup()

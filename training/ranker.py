@@ -18,12 +18,13 @@ import numpy as np
 SEGMENTS = (("new", 0), ("cold", 9), ("warm", None))
 MIN_SEGMENT_POSITIVES = 30  # fewer: the segment uses the pooled model
 # Segments fitted as a learned correction on top of a popularity prior
-# (score = log_popularity + x.w): little personal signal, so popularity is the default.
+# (score = log_popularity + log_trending + x.w): little personal signal, so what the
+# degraded fallback serves (popular and trending, ranking_svc.ranker) is the default.
 PRIOR_SEGMENTS = ("new", "cold")
-PRIOR_FEATURE = "log_popularity"
+PRIOR_FEATURES = ("log_popularity", "log_trending")
 # (prior?, l2) tried per prior segment, chosen by held-out listwise MRR over 2 request folds;
 # the first entry is the plain fit, so the prior is only used where it wins held-out.
-PRIOR_GRID = ((False, 1e-3), (True, 1e-3), (True, 1e-2), (True, 1e-1), (True, 1.0))
+PRIOR_GRID = ((False, 1e-3), (True, 1e-2), (True, 1e-1), (True, 1.0), (True, 10.0), (True, 100.0))
 
 
 @dataclass
@@ -63,7 +64,7 @@ def fit_segmented(
             return fit_logistic(features[rows], labels[rows], names)
         return fit_listwise(features[rows], labels[rows], groups[rows], names)
 
-    prior = names.index(PRIOR_FEATURE) if PRIOR_FEATURE in names else None
+    prior = [names.index(n) for n in PRIOR_FEATURES if n in names] or None
 
     pooled = fit(slice(None))
     segments: list[dict[str, object]] = []
@@ -104,7 +105,7 @@ def listwise_mrr(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> 
 
 
 def fit_listwise_selected(
-    features: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: list[str], prior: int,
+    features: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: list[str], prior: int | list[int],
     grid: tuple[tuple[bool, float], ...] = PRIOR_GRID, seed: int = 0,
 ) -> LinearRanker:
     """fit_listwise with the (prior?, l2) of `grid` that ranks best on held-out requests:
@@ -128,20 +129,22 @@ def fit_listwise_selected(
         held.append(float(np.mean(mrrs)) if mrrs else 0.0)
     best = int(np.argmax(held))  # first maximum: the plain fit wins ties
     use_prior, l2 = grid[best]
+    cols = [prior] if isinstance(prior, int) else list(prior)
+    prior_name = "+".join(names[c] for c in cols)
     model = fit_listwise(features, labels, groups, names, l2=l2, prior_feature=prior if use_prior else None)
     model.metrics.update({
-        "prior": names[prior] if use_prior else None,
+        "prior": prior_name if use_prior else None,
         "l2": float(l2),
         "heldout_mrr": held[best],
         "heldout_mrr_plain": held[0],
-        "heldout_grid": [[names[prior] if p else None, float(v), h] for (p, v), h in zip(grid, held)],
+        "heldout_grid": [[prior_name if p else None, float(v), h] for (p, v), h in zip(grid, held)],
     })
     return model
 
 
 def fit_listwise(
     features: np.ndarray, labels: np.ndarray, groups: np.ndarray, names: list[str],
-    l2: float = 1e-3, steps: int = 30, prior_feature: int | None = None,
+    l2: float = 1e-3, steps: int = 30, prior_feature: int | list[int] | None = None,
 ) -> LinearRanker:
     """Softmax over each request's pool (a conditional logit): maximise
     sum_g [s_pos(g) - log sum_{j in g} exp(s_j)], s = x.w, by Newton's method. It optimises
@@ -149,9 +152,9 @@ def fit_listwise(
     top-k metrics measure; a pointwise loss spends its capacity on easy negatives. The bias
     cancels inside a request, so it is 0.
 
-    With `prior_feature` (a column index), s = x[:, prior_feature] + x.w: w is a learned
-    correction on top of that prior, shrunk towards it by the L2, and the prior's unit
-    weight is folded into the returned weights (serving stays a plain linear score)."""
+    With `prior_feature` (a column index or several), s = sum of those columns + x.w: w is
+    a learned correction on top of that prior, shrunk towards it by the L2, and the prior's
+    unit weights are folded into the returned weights (serving stays a plain linear score)."""
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     _, g = np.unique(groups, return_inverse=True)
@@ -161,7 +164,8 @@ def fit_listwise(
     z = (x - mean) / std
     f = z.shape[1]
     reg = l2 * n_groups
-    offset = x[:, prior_feature] if prior_feature is not None else np.zeros(len(x))
+    prior_cols = [] if prior_feature is None else np.atleast_1d(prior_feature).astype(int).tolist()
+    offset = x[:, prior_cols].sum(axis=1)
 
     def softmax_stats(w: np.ndarray) -> tuple[float, np.ndarray]:
         s = offset + z @ w
@@ -190,8 +194,7 @@ def fit_listwise(
         if np.abs(t * step).max() < 1e-8:
             break
     weights = w / std
-    if prior_feature is not None:
-        weights[prior_feature] += 1.0
+    weights[prior_cols] += 1.0
     scores = x @ weights
     # rank of the positive within its group (1 = first), for the manifest
     pos_score = np.zeros(n_groups)
