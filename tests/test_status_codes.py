@@ -87,7 +87,14 @@ def _c_retrieve_huge(s, mp):
 
 
 def _c_retrieve_deadline(s, mp):
-    s.candidate.Retrieve(_retrieve(num_candidates=2000), timeout=0.0001)
+    retrieve = s.retriever.retrieve
+
+    def slow(*a, **k):  # a retrieval slower than the caller's deadline, whatever the machine
+        time.sleep(0.5)
+        return retrieve(*a, **k)
+
+    mp.setattr(s.retriever, "retrieve", slow)
+    s.candidate.Retrieve(_retrieve(), timeout=0.05)
 
 
 def _c_retrieve_bug(s, mp):
