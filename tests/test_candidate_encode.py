@@ -13,21 +13,13 @@ import pytest
 
 from candidate_svc.merge import Provenance, merge, quotas_from_fractions
 from candidate_svc.retrieval import Candidates
-from candidate_svc.server import _source_score_prefix, encode_counted
+from candidate_svc.server import _source_score_prefix, _varint, encode_counted
 from candidate_svc.sources import POPULAR, SOURCE_ORDER, Proposal
 from recsys.v1 import candidate_pb2
+from tests.test_candidate_retrieval import _encode_field_by_field as _field_by_field
 from tests.test_candidate_sources import _merge_item_at_a_time
 
 _F32 = struct.Struct("<f")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _encode_per_dict(items, two_tower_scores, sources, user_embedding, history_used, cold_start, bundle):
@@ -53,18 +45,6 @@ def _encode_per_dict(items, two_tower_scores, sources, user_embedding, history_u
     response.cold_start = cold_start
     response.user_embedding.extend(user_embedding.tolist())
     return response, per_source
-
-
-def _field_by_field(result, bundle) -> candidate_pb2.RetrieveResponse:
-    response = candidate_pb2.RetrieveResponse(
-        bundle_version=bundle.version, history_used=result.history_used, cold_start=result.cold_start
-    )
-    response.user_embedding.extend(result.user_embedding.tolist())
-    for item, score, sources in zip(result.items.tolist(), result.two_tower_scores.tolist(), result.sources):
-        cand = response.candidates.add(item_id=bundle.item_ids[item], two_tower_score=score)
-        for name, s in sources.items():
-            cand.sources.add(source=name, score=s)
-    return response
 
 
 def _bundle(rng, n_items: int) -> SimpleNamespace:
