@@ -32,6 +32,7 @@ import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from recsys import logs
+from recsys.security import caller_identity
 
 access_log = logging.getLogger("recsys.access")
 
@@ -158,9 +159,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
                 if method == "LogEvents" and code == grpc.StatusCode.OK:
                     m.event_write.observe(seconds)
                 if access_log.isEnabledFor(logging.DEBUG):
-                    access_log.debug("rpc %s %s %.2fms", full, code.name, seconds * 1000,
+                    caller = caller_identity(context)  # the mTLS client's certificate name, or ""
+                    access_log.debug("rpc %s %s %.2fms%s", full, code.name, seconds * 1000,
+                                     f" from {caller}" if caller else "",
                                      extra={"grpc_method": full, "grpc_code": code.name,
-                                            "duration_ms": round(seconds * 1000, 3)})
+                                            "duration_ms": round(seconds * 1000, 3), "caller": caller})
                 logs.reset_request_id(token)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import logging
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Mapping
 
 import grpc
 
-_access = logging.getLogger("recsys.access")
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Who is calling, for the handler and the access log: the verified client certificate's
 # common name under mutual TLS ("" otherwise). Set by CallerIdentityInterceptor per call.
@@ -74,13 +72,13 @@ class ServerSecurity:
 
 class CallerIdentityInterceptor(grpc.ServerInterceptor):
     """Under mutual TLS: binds CALLER to the client certificate's common name around each
-    unary handler, and logs it on the `recsys.access` logger at DEBUG."""
+    unary handler (the access log line of recsys.metrics names it too)."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        behavior, method = handler.unary_unary, handler_call_details.method
+        behavior = handler.unary_unary
 
         def wrapped(request, context):
             caller = caller_identity(context)
@@ -89,7 +87,6 @@ class CallerIdentityInterceptor(grpc.ServerInterceptor):
                 return behavior(request, context)
             finally:
                 CALLER.reset(token)
-                _access.debug("rpc %s from %s", method, caller or "?", extra={"caller": caller})
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped, request_deserializer=handler.request_deserializer,

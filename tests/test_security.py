@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -113,10 +114,14 @@ def _bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def test_mtls_client_with_a_cert_and_a_token_is_served(candidate_mtls, pki):
-    with _mtls_channel(candidate_mtls.port, pki) as ch:
-        resp = candidate_pb2_grpc.CandidateServiceStub(ch).Retrieve(RETRIEVE, timeout=10, metadata=_bearer("ranking"))
+def test_mtls_client_with_a_cert_and_a_token_is_served(candidate_mtls, pki, caplog):
+    with caplog.at_level(logging.DEBUG, logger="recsys.access"):
+        with _mtls_channel(candidate_mtls.port, pki) as ch:
+            resp = candidate_pb2_grpc.CandidateServiceStub(ch).Retrieve(RETRIEVE, timeout=10,
+                                                                        metadata=_bearer("ranking"))
     assert len(resp.candidates) == 5
+    lines = [r for r in caplog.records if r.name == "recsys.access" and "Retrieve" in r.getMessage()]
+    assert lines and lines[-1].getMessage().endswith(" from client") and lines[-1].caller == "client"
 
 
 def test_the_verified_client_identity_reaches_the_handler(pki):
