@@ -30,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
+from numba import njit
 from usearch.index import Index
 
 import kernels
@@ -51,12 +52,11 @@ from candidate_svc.sources.item_to_item import ItemToItemSource
 from candidate_svc.sources.ranked import RegionalSource, popular, trending
 from candidate_svc.sources.two_tower import TwoTowerSource, prefer_inner_product
 from recsys.bundle import Bundle, BundleError, check_user_tower
-from recsys.features import USER_FIELDS, UserInput
+from recsys.features import UserInput
 
 __all__ = ["Candidates", "Request", "Retriever", "POPULAR", "TWO_TOWER", "DEFAULT_SOURCE_FRACTIONS"]
 
 DEFAULT_SOURCE_FRACTIONS = {ITEM_TO_ITEM: 0.1, REGIONAL: 0.05, TRENDING: 0.05, FRESH: 0.02}
-_REGION = USER_FIELDS.index("region")
 
 
 @dataclass
@@ -156,10 +156,9 @@ class Retriever:
 
     def _one(self, req: Request, user: UserInput, user_vec: np.ndarray) -> Candidates:
         n_items = self.bundle.n_items
-        exclude = np.unique(req.exclude[(req.exclude >= 0) & (req.exclude < n_items)])
         excluded = np.zeros(n_items, dtype=np.bool_)  # calloc'd: only the set pages are touched
-        excluded[exclude] = True
-        num = max(0, min(req.num, n_items - len(exclude)))
+        n_excluded = _mark(excluded, np.ascontiguousarray(req.exclude, dtype=np.int64))
+        num = max(0, min(req.num, n_items - n_excluded))
         if req.quotas is None:
             quotas = quotas_from_fractions(num, {k: f for k, f in self.fractions.items() if k in self.sources})
         else:
@@ -168,10 +167,10 @@ class Retriever:
         ctx = Context(
             user_embedding=user_vec,
             history=history,
-            region=self.bundle.spec.user_categories(user)[_REGION],
+            region=self.bundle.spec.region_index(user.region),
             time_ms=user.time_ms,
             seed=zlib.crc32(f"{req.user_id}|{user.time_ms}".encode()),
-            n_excluded=len(exclude),
+            n_excluded=n_excluded,
         )
         proposals: dict[str, Proposal] = {
             name: self.sources[name].propose(ctx, ask_for(q, num, name), excluded)
@@ -210,6 +209,17 @@ def build_sources(bundle: Bundle, index: Index) -> dict[str, Source]:
     if {"item_created_at", "item_clicks", "item_impressions"} <= set(x):
         sources[FRESH] = FreshSource(x["item_created_at"], x["item_clicks"], x["item_impressions"])
     return sources
+
+
+@njit(cache=True, nogil=True)
+def _mark(excluded, ids):
+    """Set excluded[i] for every id in range; the number of distinct ids set."""
+    count = 0
+    for i in ids:
+        if 0 <= i < len(excluded) and not excluded[i]:
+            excluded[i] = True
+            count += 1
+    return count
 
 
 def _with_time(user: UserInput) -> UserInput:

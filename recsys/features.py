@@ -19,6 +19,7 @@ Item tower inputs:
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -138,11 +139,15 @@ class FeatureSpec:
             age_bucket(user.age),
             self._lookup["gender"].get(user.gender, 0),
             self._lookup["occupation"].get(user.occupation, 0),
-            self._lookup["region"].get(user.region, 0),
+            self.region_index(user.region),
             hour,
             weekday,
             season,
         ]
+
+    def region_index(self, region: str) -> int:
+        """The region's category (1-based index into the vocabulary), 0 when unknown."""
+        return self._lookup["region"].get(region, 0)
 
     # ---- item side -------------------------------------------------------------------
     def encode_item_features(
@@ -168,7 +173,7 @@ def age_bucket(age: int) -> int:
     """0 = unknown, else 1 + the number of edges at or below `age` minus one."""
     if age <= 0:
         return 0
-    return int(np.searchsorted(np.asarray(AGE_EDGES), age, side="right"))
+    return bisect.bisect_right(AGE_EDGES, age)
 
 
 def time_context(time_ms: int) -> tuple[int, int, int]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+from numba import njit
 
 TWO_TOWER = "two_tower"
 ITEM_TO_ITEM = "item_to_item"
@@ -67,17 +68,27 @@ class Source(Protocol):
 
 
 def first_allowed(order: np.ndarray, scores: np.ndarray, n: int, excluded: np.ndarray) -> Proposal:
-    """The first n items of a best-first `order` that are not excluded, with their scores.
-
-    Looks at a growing prefix (2n, 4n, ...) so a long order is never masked in full when
-    few of its head items are excluded.
-    """
+    """The first n items of a best-first `order` (int64) that are not excluded, with their
+    `scores` (float32, by item index)."""
     if n <= 0 or len(order) == 0:
         return Proposal.empty()
-    width = min(len(order), 2 * n)
-    while True:
-        head = order[:width]
-        kept = head[~excluded[head]][:n]
-        if len(kept) == n or width == len(order):
-            return Proposal(kept.astype(np.int64), scores[kept].astype(np.float32))
-        width = min(len(order), 2 * width)
+    items, kept_scores = _first_allowed(order, scores, n, excluded)
+    return Proposal(items, kept_scores)
+
+
+@njit(cache=True, nogil=True)
+def _first_allowed(order, scores, n, excluded):
+    # stops at the n-th allowed item: a long order is never read past it
+    items = np.empty(min(n, len(order)), dtype=np.int64)
+    m = 0
+    for x in order:
+        if m == len(items):
+            break
+        if not excluded[x]:
+            items[m] = x
+            m += 1
+    items = items[:m]
+    kept = np.empty(m, dtype=np.float32)
+    for j in range(m):
+        kept[j] = scores[items[j]]
+    return items, kept

@@ -5,6 +5,7 @@ contributes. An item reached from several history items keeps its best cosine.""
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 from candidate_svc.sources import ITEM_TO_ITEM, Context, Proposal
 
@@ -20,20 +21,52 @@ class ItemToItemSource:
         self.recent = recent
 
     def propose(self, ctx: Context, n: int, excluded: np.ndarray) -> Proposal:
-        n_items = len(self.neighbours)
-        seeds = [int(i) for i in ctx.history[: self.recent] if 0 <= i < n_items]
-        if n <= 0 or not seeds:
+        history = ctx.history[: self.recent]
+        seeds = np.ascontiguousarray(history[(history >= 0) & (history < len(self.neighbours))], dtype=np.int64)
+        if n <= 0 or len(seeds) == 0:
             return Proposal.empty()
-        # column-major over [seeds, N]: first neighbours of every seed, then second, ...
-        near = self.neighbours[seeds].T.reshape(-1)
-        sims = self.scores[seeds].T.reshape(-1)
-        ok = near >= 0
-        near, sims = near[ok], sims[ok]
-        ok = ~excluded[near] & (near[:, None] != np.asarray(seeds)).all(axis=1)  # not a seed (<= RECENT)
-        near, sims = near[ok], sims[ok]
-        # first-occurrence order, each item's best cosine over all its occurrences
-        distinct, first, inverse = np.unique(near, return_index=True, return_inverse=True)
-        best = np.full(len(distinct), -np.inf, dtype=np.float32)
-        np.maximum.at(best, inverse, sims)
-        take = np.argsort(first, kind="stable")[:n]
-        return Proposal(distinct[take].astype(np.int64), best[take])
+        return Proposal(*_neighbours_of(self.neighbours, self.scores, seeds, n, excluded))
+
+
+@njit(cache=True, nogil=True)
+def _neighbours_of(neighbours, scores, seeds, n, excluded):
+    """Walk [seeds, N] column-major (first neighbours of every seed, then second, ...),
+    skipping -1, excluded items and the seeds themselves; keep each item's first position
+    and best cosine; return the first n by first position. An open-addressing table of
+    (item -> slot) twice the walk's size dedupes in O(1) per neighbour."""
+    width = neighbours.shape[1]
+    walk = len(seeds) * width
+    size = 1
+    while size < 2 * walk:
+        size *= 2
+    keys = np.full(size, -1, dtype=np.int64)
+    slot_of = np.empty(size, dtype=np.int64)
+    items = np.empty(walk, dtype=np.int64)
+    best = np.empty(walk, dtype=np.float32)
+    m = 0
+    for w in range(width):
+        for seed in seeds:
+            x = neighbours[seed, w]
+            if x < 0 or excluded[x]:
+                continue
+            is_seed = False
+            for other in seeds:
+                if other == x:
+                    is_seed = True
+                    break
+            if is_seed:
+                continue
+            sim = scores[seed, w]
+            h = (x * 2654435761) & (size - 1)  # Knuth multiplicative hash (x >= 0: no overflow below 2**32 items)
+            while keys[h] != -1 and keys[h] != x:
+                h = (h + 1) & (size - 1)
+            if keys[h] == -1:
+                keys[h] = x
+                slot_of[h] = m
+                items[m] = x
+                best[m] = sim
+                m += 1
+            elif sim > best[slot_of[h]]:
+                best[slot_of[h]] = sim
+    m_out = min(m, n)
+    return items[:m_out].copy(), best[:m_out].copy()
