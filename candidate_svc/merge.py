@@ -121,8 +121,8 @@ def merge(
     a Numba kernel that walks them an item at a time, as the rules above read; the merge
     as first written in Python (the twin in tests/test_candidate_sources.py, which the
     kernel must match exactly) took ~1.6x the CPU of the NumPy array-at-a-time version
-    this replaced, which took ~10x this. Relies on the Source contract: a proposal's items
-    are distinct.
+    this replaced, which took ~4x this (81 vs 19 us for six sources, 300 candidates).
+    Relies on the Source contract: a proposal's items are distinct.
     """
     order = [n for n in SOURCE_ORDER if n in proposals] + sorted(set(proposals) - set(SOURCE_ORDER))
     k = len(order)

@@ -200,7 +200,7 @@ def _write_candidates(items, two_tower_bits, score_bits, proposed, lead, heads, 
     """Two passes over the candidates: each body's length (hence the total), then the bytes.
     A row's lead column (the fallback's entry, lead >= 0) goes first, then its other
     proposing columns in order. Written in Numba: the NumPy version (a byte-length table,
-    cumulative offsets and two gathers) cost ~10x this for 300 candidates."""
+    cumulative offsets and two gathers) cost ~5x this for 300 candidates (180 vs 34 us)."""
     n = len(items)
     k = proposed.shape[1]
     body = np.empty(n, dtype=np.int64)
