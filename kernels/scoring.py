@@ -1,19 +1,29 @@
 """Candidate scoring: dot products, cosines and a linear model over gathered rows.
 
 Each kernel reads only the rows `idx` of an item matrix (the candidates), accumulates in
-float64 and returns float32. A cosine with a zero-norm side is 0; NaN inputs give NaN.
+float64 and returns float32, except the max cosine to a set of rows (`gather_max_cosine`,
+the disliked feature of `rank_features`), which accumulates in float32: the float64 norms
+and unit rows are rounded to float32 once per call and each dot U[r] . M[i] is float32
+products and sums. Its error is at most about d * 2^-24 in the cosine (|U[r]| = 1, so a
+dot's rounding error is bounded by d * 2^-24 * |M[i]|; 5.7e-6 at d = 96, under the tests'
+1e-5), and a row with entries beyond ~1e36 would overflow where float64 would not. A cosine
+with a zero-norm side is 0; NaN inputs give NaN.
 
 Speed (bench/bench_ranking.py kernels): every kernel here is compiled with
 `fastmath=FASTMATH`: reassociation and FMA contraction only (no nnan/ninf/arcp: NaN and
-inf propagate and divisions stay exact), which lets LLVM vectorise the float64 reductions.
-The query side is converted to float64 and scaled to unit rows once per call, so a cosine
-costs one dot and one division by the candidate's norm; a candidate's content row is read
-once for its norm and the profile dot together, then by the disliked rows four at a time
-(one load of the row feeds four accumulators); the rows of the candidate PREFETCH_AHEAD
-places ahead are prefetched, so a gather from a catalogue larger than the caches overlaps
-the arithmetic. Reassociation changes the rounding, not the result beyond float32
-precision (the tests hold the twins to 1e-5); every kernel uses the same helpers, so the
-fused kernel equals the single ones exactly.
+inf propagate and divisions stay exact), which lets LLVM vectorise the reductions. The
+query side is converted (dots: to float64; cosines: to unit rows) once per call, not once
+per candidate, so a cosine costs one dot and one division by the candidate's norm; a
+candidate's content row is read once for its norm and the profile dot together, then by
+the disliked rows eight at a time (one load of the row feeds eight float32 accumulators,
+which is also what makes LLVM's vector loop 2 x 16 lanes, so d = 32, 64, 96... leave no
+remainder loop; fewer accumulators give 4 x 16 lanes and a slow remainder at d = 96); the
+rows of the candidate PREFETCH_AHEAD places ahead are prefetched, so a gather from a
+catalogue larger than the caches overlaps the arithmetic. The disliked block is the bulk of
+the fused kernel's work (d * q multiply-adds a candidate), hence its float32 arithmetic.
+Reassociation changes the rounding, not the result beyond float32 precision (the tests hold
+the twins to 1e-5); every kernel uses the same helpers, so the fused kernel equals the
+single ones to float32 rounding.
 """
 
 import numpy as np
@@ -102,20 +112,20 @@ def _row_norms(Q):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _unit_rows(Q):
-    # (U, has_zero): U[r] = Q[r] / |Q[r]| (float64) for the rows of nonzero norm (a NaN
-    # norm counts as nonzero: its NaN row propagates); has_zero when a row had norm 0,
-    # whose cosine with anything is 0
+def _unit_rows32(Q):
+    # (U, has_zero): U[r] = Q[r] / |Q[r]| (norm and division in float64, rounded to
+    # float32) for the rows of nonzero norm (a NaN norm counts as nonzero: its NaN row
+    # propagates); has_zero when a row had norm 0, whose cosine with anything is 0
     norms = _row_norms(Q)
     n_unit = 0
     for r in range(Q.shape[0]):
         n_unit += norms[r] != 0.0
-    U = np.empty((n_unit, Q.shape[1]), dtype=np.float64)
+    U = np.empty((n_unit, Q.shape[1]), dtype=np.float32)
     u = 0
     for r in range(Q.shape[0]):
         if norms[r] != 0.0:
             for t in range(Q.shape[1]):
-                U[u, t] = Q[r, t] / norms[r]
+                U[u, t] = np.float64(Q[r, t]) / norms[r]
             u += 1
     return U, n_unit < Q.shape[0]
 
@@ -161,40 +171,81 @@ def _nanmax(a, b):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
+def _max_dot8(U, r, M, i):
+    # max_{r <= s < r+8} U[s] . M[i], float32: one load of M[i, t] feeds eight accumulators
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    for t in range(U.shape[1]):
+        x = M[i, t]
+        a0 += U[r, t] * x
+        a1 += U[r + 1, t] * x
+        a2 += U[r + 2, t] * x
+        a3 += U[r + 3, t] * x
+        a4 += U[r + 4, t] * x
+        a5 += U[r + 5, t] * x
+        a6 += U[r + 6, t] * x
+        a7 += U[r + 7, t] * x
+    return _nanmax(_nanmax(_nanmax(a0, a1), _nanmax(a2, a3)), _nanmax(_nanmax(a4, a5), _nanmax(a6, a7)))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _max_dot4(U, r, M, i):
+    # max_{r <= s < r+4} U[s] . M[i], float32
+    a0 = a1 = a2 = a3 = np.float32(0.0)
+    for t in range(U.shape[1]):
+        x = M[i, t]
+        a0 += U[r, t] * x
+        a1 += U[r + 1, t] * x
+        a2 += U[r + 2, t] * x
+        a3 += U[r + 3, t] * x
+    return _nanmax(_nanmax(a0, a1), _nanmax(a2, a3))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _max_dot2(U, r, M, i):
+    # max(U[r] . M[i], U[r+1] . M[i]), float32
+    a0 = a1 = np.float32(0.0)
+    for t in range(U.shape[1]):
+        x = M[i, t]
+        a0 += U[r, t] * x
+        a1 += U[r + 1, t] * x
+    return _nanmax(a0, a1)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _dot32(U, r, M, i):
+    # U[r] . M[i], float32
+    a0 = np.float32(0.0)
+    for t in range(U.shape[1]):
+        a0 += U[r, t] * M[i, t]
+    return a0
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _max_unit_dot(U, M, i):
-    # max_r U[r] . M[i] (-inf without rows). Four rows per pass over M[i] (then two, then
-    # one): one load of M[i, t] feeds four independent accumulators.
+    # max_r U[r] . M[i] in float32 (-inf without rows), eight rows per pass over M[i], then
+    # four, two, one. Eight float32 accumulators make LLVM's vector loop 2 x 16 lanes wide,
+    # which divides the usual dims (32, 64, 96, ...) without a scalar remainder.
     q = U.shape[0]
-    d = U.shape[1]
-    best = -np.inf
+    best = np.float32(-np.inf)
     r = 0
-    while r + 4 <= q:
-        a0 = a1 = a2 = a3 = 0.0
-        for t in range(d):
-            x = np.float64(M[i, t])
-            a0 += U[r, t] * x
-            a1 += U[r + 1, t] * x
-            a2 += U[r + 2, t] * x
-            a3 += U[r + 3, t] * x
-        best = _nanmax(_nanmax(best, a0), _nanmax(_nanmax(a1, a2), a3))
+    while r + 8 <= q:
+        best = _nanmax(best, _max_dot8(U, r, M, i))
+        r += 8
+    if r + 4 <= q:
+        best = _nanmax(best, _max_dot4(U, r, M, i))
         r += 4
     if r + 2 <= q:
-        a0 = a1 = 0.0
-        for t in range(d):
-            x = np.float64(M[i, t])
-            a0 += U[r, t] * x
-            a1 += U[r + 1, t] * x
-        best = _nanmax(_nanmax(best, a0), a1)
+        best = _nanmax(best, _max_dot2(U, r, M, i))
         r += 2
     if r < q:
-        best = _nanmax(best, _dot(U, r, M, i))
+        best = _nanmax(best, _dot32(U, r, M, i))
     return best
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _max_cosine(U, has_zero, M, i, m_norm):
-    # max_r cos(Q[r], M[i]) from Q's unit rows U: cos = U[r] . M[i] / |M[i]|, 0 for a
-    # zero-norm side (the zero-norm side wins over a NaN one); 0 if Q has no rows
+    # max_r cos(Q[r], M[i]) from Q's float32 unit rows U: cos = U[r] . M[i] / |M[i]|, 0 for
+    # a zero-norm side (the zero-norm side wins over a NaN one); 0 if Q has no rows
     if U.shape[0] == 0 or m_norm == 0.0:
         return 0.0
     best = _max_unit_dot(U, M, i) / m_norm
@@ -204,7 +255,7 @@ def _max_cosine(U, has_zero, M, i, m_norm):
 @njit(cache=True, fastmath=FASTMATH)
 def gather_dot(query, matrix, idx):
     # s_j = q . M[idx_j]
-    q = _row_view(query)
+    q = _as_rows(query)
     scores = np.empty(idx.shape[0], dtype=np.float32)
     for j in range(idx.shape[0]):
         _prefetch_ahead(matrix, idx, j)
@@ -227,7 +278,7 @@ def gather_cosine(query, matrix, idx):
 @njit(cache=True, fastmath=FASTMATH)
 def gather_max_cosine(queries, matrix, idx):
     # s_j = max_r cos(Q[r], M[idx_j])
-    U, has_zero = _unit_rows(queries)
+    U, has_zero = _unit_rows32(queries)
     scores = np.zeros(idx.shape[0], dtype=np.float32)
     if U.shape[0] == 0:  # no rows, or only zero rows: every cosine is 0
         return scores
@@ -256,10 +307,10 @@ def rank_features(tt_user, tt_items, mf_user, mf_items, profile, content, dislik
                   item_static, coldness, idx):
     # F_j = [tt_u . tt[i], mf_u . mf[i], cos(profile, content[i]),
     #        max_r cos(disliked[r], content[i]), S[i, 0..s-1], S[i, 0] * coldness], i = idx_j
-    tt_u = _row_view(tt_user)
-    mf_u = _row_view(mf_user)
+    tt_u = _as_rows(tt_user)  # float64 once per call, not once per candidate
+    mf_u = _as_rows(mf_user)
     p, p_nonzero = _unit_row(profile)
-    U, u_zero = _unit_rows(disliked)
+    U, u_zero = _unit_rows32(disliked)
     n_static = item_static.shape[1]
     cold = np.float32(coldness)  # float32 product, as the twin computes it
     features = np.empty((idx.shape[0], 5 + n_static), dtype=np.float32)
@@ -305,10 +356,27 @@ def gather_cosine_numpy(query: np.ndarray, matrix: np.ndarray, idx: np.ndarray) 
 
 def gather_max_cosine_numpy(queries: np.ndarray, matrix: np.ndarray,
                             idx: np.ndarray) -> np.ndarray:
-    """NumPy twin of `gather_max_cosine`."""
+    """NumPy twin of `gather_max_cosine`, computed the same way: float64 norms, the query
+    rows' unit vectors rounded to float32 once, float32 dots (one float32 matrix product),
+    so the benchmark compares like with like. The tests hold both to the float64
+    definition within d * 2^-24 (module docstring)."""
     if queries.shape[0] == 0:
         return np.zeros(idx.shape[0], dtype=np.float32)
-    return _cosines_numpy(queries, matrix, idx).max(axis=1).astype(np.float32)
+    Q = queries.astype(np.float64)
+    q_norms = np.sqrt(np.sum(Q * Q, axis=1))
+    nonzero = q_norms != 0.0  # a NaN norm counts as nonzero: its NaN row propagates
+    U = (Q[nonzero] / q_norms[nonzero, None]).astype(np.float32)
+    M = matrix[idx]
+    M64 = M.astype(np.float64)
+    m_norms = np.sqrt(np.sum(M64 * M64, axis=1))
+    if U.shape[0]:
+        best = (M.astype(np.float32) @ U.T).max(axis=1)  # max propagates NaN
+    else:
+        best = np.full(len(idx), -np.inf, dtype=np.float32)
+    if U.shape[0] < Q.shape[0]:  # a zero-norm query row: a cosine of 0 in the max (NaN still wins)
+        best = np.where(np.isnan(best), best, np.maximum(best, 0.0))
+    zero = m_norms == 0.0  # a zero-norm candidate: 0, even against a NaN row
+    return np.where(zero, 0.0, best / np.where(zero, 1.0, m_norms)).astype(np.float32)
 
 
 def linear_score_numpy(features: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:

@@ -378,6 +378,33 @@ def test_scoring_empty_candidates(impl):
     assert got.dtype == np.float32 and got.shape == (0, 8)
 
 
+@pytest.mark.parametrize("q", [1, 2, 3, 7, 8, 10, 13, 50])
+def test_max_cosine_within_the_float32_bound_of_the_exact_value(impl, q):
+    """The max cosine to the disliked rows accumulates in float32 (kernels/scoring.py): each
+    dot of a unit row with a row x is off by at most d * 2^-24 * |x|, plus 2^-24 for the
+    unit row's rounding and 2^-24 for the float32 result, so the cosine by (d + 2) * 2^-24
+    of the float64 value computed here from the definition. q covers every pass width."""
+    rng = np.random.default_rng(95)
+    d = 96  # the content dim of bench_ranking.py kernels
+    content = (rng.standard_normal((400, d)) * 30).astype(np.float32)
+    disliked = rng.standard_normal((q, d)).astype(np.float32)
+    disliked[q // 2] = 0.0  # a zero row: cosine 0, so the max is never below 0
+    idx = rng.integers(0, 400, size=300).astype(np.int64)
+    C, Q = content[idx].astype(np.float64), disliked.astype(np.float64)
+    c_norms, q_norms = np.linalg.norm(C, axis=1), np.linalg.norm(Q, axis=1)
+    cosines = np.where(q_norms > 0, C @ Q.T / (c_norms[:, None] * np.where(q_norms > 0, q_norms, 1.0)), 0.0)
+    exact = cosines.max(axis=1)
+    bound = (d + 2) * 2.0**-24
+    s = scoring_inputs(96, n=400, k=300)
+    profile = rng.standard_normal(d).astype(np.float32)
+    fused = impl("rank_features")(s["tt_user"], s["tt_items"], s["mf_user"], s["mf_items"], profile, content,
+                                  disliked, s["item_static"], s["coldness"], idx)
+    for name, got in [("gather_max_cosine", impl("gather_max_cosine")(disliked, content, idx)),
+                      ("rank_features[:, 3]", fused[:, 3])]:
+        np.testing.assert_allclose(got, exact, rtol=0, atol=bound,
+                                   err_msg=f"{name}, q={q}: beyond (d + 2) * 2^-24 = {bound:.2e}")
+
+
 def test_rank_features_without_dislikes(impl):
     s = scoring_inputs(93, q=0)
     got = impl("rank_features")(*s.values())
