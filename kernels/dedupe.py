@@ -10,10 +10,10 @@ near-identical uploads by one creator are. Cosines with a zero-norm row are 0.
 import numpy as np
 from numba import njit
 
-from .scoring import _dot, _row_norms
+from .scoring import FASTMATH, _dot, _row_norms
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def near_duplicate_keep(vectors, title_keys, groups, threshold):
     # keep_a = not any_{b < a, keep_b} (key_a == key_b >= 0  or
     #                                   (group_a == group_b >= 0  and  cos(v_a, v_b) > threshold))

@@ -11,10 +11,10 @@ are 0. The caller passes finite relevance (e.g. min-max normalised scores).
 import numpy as np
 from numba import njit
 
-from .scoring import _dot, _row_norms
+from .scoring import FASTMATH, _dot, _row_norms
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=FASTMATH)
 def mmr_order(relevance, vectors, lam, n_select):
     # order[t] = argmax_{j unselected} lam rel_j - (1 - lam) max_{s in order[:t]} cos(v_j, v_s)
     n = relevance.shape[0]
