@@ -1,9 +1,10 @@
 # Two commands matter (see README): `make demo` and `make test`. Everything installs into
-# .venv first; Numba's compile cache lives in .cache/numba so repeated runs skip compiling.
+# .venv first; Numba's compile cache lives in .cache/numba/<key> so repeated runs skip compiling.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+# keyed by the kernels' sources: Numba misses edits to helpers inlined across files (recsys/numba_cache.py)
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba/$(shell cat $(sort $(wildcard kernels/*.py)) | sha1sum | cut -c1-12)
 # CI reruns with a clean tree; the stamp re-installs when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 

@@ -26,7 +26,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one compute thread, as in serving (exact search too)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from recsys.numba_cache import default_cache_dir  # noqa: E402
+
+os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir(ROOT))
 
 import numpy as np  # noqa: E402
 import onnxruntime  # noqa: E402, F401  (before faiss: imported after it, onnxruntime segfaults)

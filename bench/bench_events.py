@@ -34,7 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from recsys.numba_cache import default_cache_dir  # noqa: E402
+
+os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir(ROOT))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402

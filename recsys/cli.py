@@ -574,7 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".cache" / "numba"))
+    from recsys.numba_cache import default_cache_dir
+
+    os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir(Path.cwd()))
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose, args.log_format, args.log_level)
     return int(args.func(args) or 0)

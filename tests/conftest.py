@@ -1,8 +1,8 @@
 """Shared fixtures: one tiny synthetic dataset and one bundle trained on it per session.
 
 Everything is built here from the synthetic generator (never from ../shared), so the suite
-passes from a clean clone. Numba's compile cache goes to .cache/numba unless the caller set
-NUMBA_CACHE_DIR (make test and .ci/run do).
+passes from a clean clone. Numba's compile cache goes to .cache/numba/<hash of kernels/>
+(recsys/numba_cache.py) unless the caller set NUMBA_CACHE_DIR (make test does, the same way).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from recsys.numba_cache import default_cache_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir(ROOT))
 
 # Small enough to train in seconds on 2 cores, large enough for the towers to learn.
 TINY = dict(n_users=240, n_items=300, seed=7, days=120, interactions_per_user=30)
