@@ -56,7 +56,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".cache" / "numba"))
+from recsys.numba_cache import default_cache_dir  # noqa: E402
+
+os.environ.setdefault("NUMBA_CACHE_DIR", default_cache_dir(ROOT))
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 for _blas in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one compute thread, as served
     os.environ.setdefault(_blas, "1")
@@ -492,13 +494,14 @@ def bench_inproc(args: argparse.Namespace) -> dict:
             recorded[request.user_id] = response.SerializeToString()
             return response
 
-    class Replaying:  # the recorded bytes, parsed as a real call's would be
+    class Replaying:  # the recorded bytes, parsed as a real call's would be (the stub's parser)
         def Retrieve(self, request, timeout=None, metadata=None):
-            return candidate_pb2.RetrieveResponse.FromString(recorded[request.user_id])
+            return parse_response(recorded[request.user_id])
 
     cand = start_service("candidate", ["--bundle", args.bundle, "--workers", "2"], tmp)
     try:
         source = ranking_server.GrpcCandidateSource(cand.address)
+        parse_response = getattr(source.stub, "parse_response", candidate_pb2.RetrieveResponse.FromString)
         source.stub = Recording(source.stub)
         events = open_event_store(str(tmp / "events.sqlite3"))
         ranker = Ranker(bundle, source, events, num_candidates=300, retrieve_timeout_s=5.0)

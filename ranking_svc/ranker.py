@@ -25,7 +25,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from itertools import repeat
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Generic, Mapping, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -84,10 +84,13 @@ class Demographics:
 
 @dataclass
 class CandidateList:
-    item_ids: list[str]
+    item_ids: Sequence[str]
     two_tower_scores: Sequence[float]
     sources: Sequence[list[str]]  # a LazyList is fine: Recommend reads only the top k
     user_embedding: np.ndarray  # float32[d]
+    # Optional: every candidate's index in a bundle's catalogue (-1 = unknown) from that
+    # bundle's item_index, without reading item_ids one by one (ranking_svc.wire)
+    index_in: Callable[[Mapping[str, int]], np.ndarray] | None = None
 
 
 T = TypeVar("T")
@@ -404,8 +407,11 @@ class Ranker:
                 [b.item_ids[i] for i in np.flatnonzero(excluded)[:20_000].tolist()],
                 timeout,
             )
-            cand = np.fromiter(map(b.item_index.get, got.item_ids, repeat(-1)), dtype=np.int64,
-                               count=len(got.item_ids))
+            if got.index_in is not None:
+                cand = got.index_in(b.item_index)
+            else:
+                cand = np.fromiter(map(b.item_index.get, got.item_ids, repeat(-1)), dtype=np.int64,
+                                   count=len(got.item_ids))
             keep = cand >= 0
             if keep.all():
                 sources = got.sources
@@ -450,7 +456,7 @@ class Ranker:
                     scores = scores - demotion
         month = dt.datetime.fromtimestamp((time_ms or time.time() * 1000) / 1000, dt.UTC).month
         ctx = RuleContext(user_id=user_id, k=k, excluded=excluded, month=month, explain=explain)
-        slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64))
+        slate = Slate(cand, scores.copy(), np.argsort(-scores, kind="stable").astype(np.int64, copy=False))
         if explain and demotion is not None:
             for pos in np.flatnonzero(demotion > 0.01).tolist():
                 slate.note(pos, f"dislike: score -{demotion[pos]:.3f} (look-alike of a disliked item)")
@@ -464,11 +470,13 @@ class Ranker:
             slate = apply_rules(slate, ctx, self.catalog, rule_config)
         if not skip_scoring:  # what scoring + rules cost lately (a moving average)
             self.ranking_cost_s = 0.5 * self.ranking_cost_s + 0.5 * (time.monotonic() - ranking_started)
-        for pos in slate.order[:k].tolist():
-            item = int(cand[pos])
-            ranked = RankedItem(b.item_ids[item], float(slate.scores[pos]), list(sources[pos]), b.titles[item])
-            if explain and feats is not None:
-                ranked.explanation = self._explain(feats[pos], list(sources[pos]), slate.notes.get(pos, []), weights)
+        top = slate.order[:k]
+        positions = top.tolist()
+        contributions = self._contributions(feats[top], weights) if explain and feats is not None else None
+        for j, (pos, item, score) in enumerate(zip(positions, cand[top].tolist(), slate.scores[top].tolist())):
+            ranked = RankedItem(b.item_ids[item], score, list(sources[pos]), b.titles[item])
+            if contributions is not None:
+                ranked.explanation = Explanation(list(sources[pos]), contributions[j], list(slate.notes.get(pos, [])))
             result.items.append(ranked)
         return result
 
@@ -500,15 +508,19 @@ class Ranker:
                 return weights, bias
         return self.weights, self.bias
 
-    def _explain(self, x: np.ndarray, sources: list[str], notes: list[str], weights: np.ndarray) -> Explanation:
-        contrib = weights.astype(np.float64) * x.astype(np.float64)  # w_f * x_f
-        top = np.argsort(-np.abs(contrib), kind="stable")[:EXPLAIN_FEATURES]
-        return Explanation(
-            sources=sources,
-            features=[FeatureContribution(self.feature_names[f], float(x[f]), float(weights[f]),
-                                          float(contrib[f])) for f in top.tolist()],
-            rules=list(notes),
-        )
+    def _contributions(self, x: np.ndarray, weights: np.ndarray) -> list[list[FeatureContribution]]:
+        """Per row of x (items x features): its EXPLAIN_FEATURES largest |w_f * x_f|, largest
+        first (ties to the earlier feature)."""
+        x64 = x.astype(np.float64)
+        w64 = weights.astype(np.float64)
+        contrib = w64 * x64  # w_f * x_f
+        top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :EXPLAIN_FEATURES]
+        names = self.feature_names
+        return [
+            [FeatureContribution(names[f], value, weight, c) for f, value, weight, c in zip(fs, vs, ws, cs)]
+            for fs, vs, ws, cs in zip(top.tolist(), np.take_along_axis(x64, top, axis=1).tolist(),
+                                      w64[top].tolist(), np.take_along_axis(contrib, top, axis=1).tolist())
+        ]
 
     def item_side(self) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """(item_static, fallback order, fallback sources): the bundle's, or with the live

@@ -156,6 +156,9 @@ class RuleCatalog:
     newest_s: int  # the bundle's newest time, Unix seconds
     private: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.bool_))  # bool[n]
     creator_key: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1 = none
+    # fresh() of every item per (fresh_days, fresh_max_positives): the catalogue never changes
+    _fresh: dict[tuple[float, float], np.ndarray] = field(default_factory=dict, init=False, repr=False,
+                                                          compare=False)
 
     def __post_init__(self) -> None:
         self.private = np.zeros(len(self.banned), dtype=np.bool_)
@@ -167,9 +170,14 @@ class RuleCatalog:
 
     def fresh(self, items: np.ndarray, cfg: RuleConfig) -> np.ndarray:
         """bool per item: created within fresh_days of the newest time, few positives."""
-        return (self.created_at[items] >= self.newest_s - cfg.fresh_days * 86_400) & (
-            self.popularity[items] <= cfg.fresh_max_positives
-        )
+        key = (cfg.fresh_days, cfg.fresh_max_positives)
+        every = self._fresh.get(key)
+        if every is None:  # once per setting (a racing thread computes the same array)
+            every = (self.created_at >= self.newest_s - cfg.fresh_days * 86_400) & (
+                self.popularity <= cfg.fresh_max_positives
+            )
+            self._fresh[key] = every
+        return every[items]
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, created_at: np.ndarray) -> "RuleCatalog":
@@ -277,7 +285,8 @@ def near_duplicates(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfi
         np.ascontiguousarray(cat.creator_key[items], dtype=np.int64),
         float(cfg.near_duplicate_cosine),
     )
-    s.order = np.concatenate([head[keep], s.order[pool:]])
+    if not keep.all():
+        s.order = np.concatenate([head[keep], s.order[pool:]])
     return s
 
 
@@ -287,9 +296,10 @@ def mmr(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfig) -> Slate:
     if len(head) < 2:
         return s
     rel = s.scores[head].astype(np.float64)
-    span = rel.max() - rel.min()
+    low = rel.min()
+    span = rel.max() - low
     # relevance scaled to [0, 1] so lambda trades like against like (cosines are in [-1, 1])
-    rel01 = np.ascontiguousarray((rel - rel.min()) / span if span > 0 else np.ones_like(rel), dtype=np.float32)
+    rel01 = np.ascontiguousarray((rel - low) / span if span > 0 else np.ones_like(rel), dtype=np.float32)
     vectors = np.ascontiguousarray(cat.content[s.cand[head]], dtype=np.float32)
     picked = kernels.mmr_order(rel01, vectors, float(cfg.mmr_lambda), len(head))
     s.order = np.concatenate([head[picked], s.order[pool:]])
@@ -325,13 +335,14 @@ def caps(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfig) -> Slate
                 s.note(pos, hit)
             continue
         within.append(pos)
-        if creator:
+        if creator and cfg.creator_cap:  # counted only where a cap reads them
             per_creator[creator] = per_creator.get(creator, 0) + 1
-        for g in genres:
-            per_genre[g] = per_genre.get(g, 0) + 1
+        if cfg.genre_cap:
+            for g in genres:
+                per_genre[g] = per_genre.get(g, 0) + 1
     # `over` keeps its relative order: capped items first among the rest, so they still
     # fill the list when nothing within the caps is left
-    s.order = np.asarray(within + over + order[stop:], dtype=np.int64)
+    s.order = np.concatenate((np.asarray(within + over, dtype=np.int64), s.order[stop:]))
     return s
 
 
@@ -339,10 +350,10 @@ def explore(s: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfig) -> Sl
     k = min(ctx.k, len(s.order))
     if k == 0:
         return s
-    fresh = cat.fresh(s.cand[s.order], cfg)
-    if fresh[:k].any() or not fresh[k:].any():
+    fresh_at = np.flatnonzero(cat.fresh(s.cand[s.order], cfg))
+    if len(fresh_at) == 0 or fresh_at[0] < k:  # none to offer, or the top k holds one
         return s
-    src = k + int(np.argmax(fresh[k:]))
+    src = int(fresh_at[0])  # the best fresh item below the top k
     slot = (cfg.explore_slot or k) - 1
     slot = min(slot, k - 1)
     pos = int(s.order[src])
@@ -382,8 +393,9 @@ def apply_rules(slate: Slate, ctx: RuleContext, cat: RuleCatalog, cfg: RuleConfi
 
 
 def _note_moves(s: Slate, before: np.ndarray, name: str, k: int) -> None:
-    rank_before = {int(p): r for r, p in enumerate(before.tolist(), 1)}
-    for r, pos in enumerate(s.order[:k].tolist(), 1):
-        was = rank_before.get(pos)
-        if was is not None and was != r:
+    rank_before = np.zeros(len(s.cand), dtype=np.int64)  # position -> 1-based place in `before`, 0 = absent
+    rank_before[before] = np.arange(1, len(before) + 1)
+    top = s.order[:k]
+    for r, (pos, was) in enumerate(zip(top.tolist(), rank_before[top].tolist()), 1):
+        if was and was != r:
             s.note(pos, f"{name}: moved from {was} to {r}")

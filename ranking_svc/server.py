@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Sequence
 
 import grpc
-import numpy as np
 
 from ranking_svc.breaker import BreakerCandidateSource, CircuitBreaker
 from ranking_svc.events import EventStore, EventStoreUnavailable, StoredEvent, open_event_store
@@ -33,9 +32,9 @@ from ranking_svc.ranker import (
     DeadlinePassed,
     Demographics,
     Explanation,
-    LazyList,
     Ranker,
 )
+from ranking_svc.wire import RetrieveStub, decode_retrieve
 from recsys import tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, check_user_tower, load_bundle
@@ -46,7 +45,7 @@ from recsys.metrics import ServerInterceptor
 from recsys.reload import BundleWatcher, start_watcher
 from recsys.security import ServerSecurity, channel_credentials
 from recsys.text_encoder import load_text_encoder
-from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2, ranking_pb2, ranking_pb2_grpc
+from recsys.v1 import candidate_pb2, common_pb2, ranking_pb2, ranking_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,7 @@ class GrpcCandidateSource:
         self.channel = (grpc.insecure_channel(address, options=options) if credentials is None
                         else grpc.secure_channel(address, credentials, options=options))
         self.auth = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stub = candidate_pb2_grpc.CandidateServiceStub(self.channel)
+        self.stub = RetrieveStub(self.channel)
 
     def fetch(
         self,
@@ -150,13 +149,7 @@ class GrpcCandidateSource:
             if e.code() in DEGRADE_CODES:
                 raise CandidateUnavailable(f"{e.code().name}: {e.details()}") from None
             raise CandidateRejected(e.code(), e.details() or "") from None
-        cands = response.candidates  # per-candidate details decoded only for what is read
-        return CandidateList(
-            item_ids=[c.item_id for c in cands],
-            two_tower_scores=LazyList(len(cands), lambda i: cands[i].two_tower_score),
-            sources=LazyList(len(cands), lambda i: [s.source for s in cands[i].sources]),
-            user_embedding=np.asarray(response.user_embedding, dtype=np.float32),
-        )
+        return decode_retrieve(response)
 
     def close(self) -> None:
         self.channel.close()

@@ -86,7 +86,8 @@ def content_profile(content: np.ndarray, recent_positives: np.ndarray) -> np.nda
     idx = np.asarray(recent_positives[:PROFILE_ITEMS], dtype=np.int64)
     if len(idx) == 0:
         return np.zeros(content.shape[1], dtype=np.float32)
-    return np.ascontiguousarray(content[idx].mean(axis=0), dtype=np.float32)
+    # = content[idx].mean(axis=0) (the same sum, then one division), without mean's Python layers
+    return np.ascontiguousarray(np.add.reduce(content[idx], axis=0) / len(idx), dtype=np.float32)
 
 
 def disliked_rows(content: np.ndarray, recent_negatives: np.ndarray) -> np.ndarray:
