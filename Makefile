@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # keyed by the kernels' sources: Numba misses edits to helpers inlined across files (recsys/numba_cache.py)
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba/$(shell cat $(sort $(wildcard kernels/*.py)) | sha1sum | cut -c1-12)
+KERNELS_KEY := $(shell cat $(sort $(wildcard kernels/*.py)) /dev/null | sha1sum | cut -c1-12)
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba/$(KERNELS_KEY)
 # CI reruns with a clean tree; the stamp re-installs when pyproject.toml changes.
 STAMP := $(VENV)/.installed
 

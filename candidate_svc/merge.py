@@ -135,16 +135,14 @@ def merge(
     scores_in = np.concatenate([p.scores for p in packed]).astype(np.float32, copy=False) if k else np.zeros(0, np.float32)
     quota = np.array([max(0, int(quotas.get(name, 0))) for name in order], dtype=np.int64)
     items, scores, proposed, lead, admitted_n, used_fallback, any_lead = _merge_packed(
-        items_in, scores_in, offsets, quota, int(num), excluded, np.ascontiguousarray(fb_order, dtype=np.int64),
-        np.ascontiguousarray(fb_scores, dtype=np.float32), fb_col, np.empty(len(excluded), dtype=np.int64))
+        items_in, scores_in, offsets, quota, max(0, int(num)), excluded, np.ascontiguousarray(fb_order, dtype=np.int64),
+        np.ascontiguousarray(fb_scores, dtype=np.float32), fb_col, np.empty(len(excluded), dtype=np.int32))
     admitted = dict(zip(order, admitted_n[:k].tolist()))
     names = list(order)
     if used_fallback:
         admitted[fb_name] = admitted.get(fb_name, 0) + (int(admitted_n[k]) if fb_col == k else 0)
         if fb_col == k:
             names.append(fb_name)
-    if len(names) == k:
-        scores, proposed = scores[:, :k], proposed[:, :k]
     provenance = Provenance(tuple(names), scores, proposed, lead if any_lead else None)
     return Merged(items, provenance, admitted)
 
@@ -152,8 +150,9 @@ def merge(
 @njit(cache=True, nogil=True)
 def _merge_packed(items_in, scores_in, offsets, quotas, num, excluded, fb_order, fb_scores, fb_col, row_of):
     """The merge over packed proposals (source s = items_in[offsets[s]:offsets[s + 1]], in
-    merge order). Column k of the outputs is the fallback's when it is not a source itself.
-    `row_of` is scratch of n_items, never initialised: item x is chosen iff
+    merge order). Column k of the outputs is the fallback's when it is not a source itself
+    and filled a shortfall (else there are k columns). `row_of` is int32 scratch of n_items
+    (4 bytes an item: the pages a request touches), never initialised: item x is chosen iff
     r = row_of[x] is in [0, m) and out[r] == x (a sparse set), so no per-request pass over
     the catalogue clears it."""
     k = len(quotas)
@@ -188,8 +187,9 @@ def _merge_packed(items_in, scores_in, offsets, quotas, num, excluded, fb_order,
                 out[m] = x
                 m += 1
         admitted[fb_col] += m - n_merged
-    scores = np.full((m, k + 1), np.nan, dtype=np.float32)
-    proposed = np.zeros((m, k + 1), dtype=np.bool_)
+    columns = k + 1 if used_fallback and fb_col == k else k
+    scores = np.full((m, columns), np.nan, dtype=np.float32)
+    proposed = np.zeros((m, columns), dtype=np.bool_)
     lead = np.full(m, -1, dtype=np.int8)
     for r in range(n_merged, m):  # the fallback's own entries, written first, stay
         scores[r, fb_col] = fb_scores[out[r]]

@@ -132,7 +132,13 @@ class Retriever:
         """Run the whole path once so nothing compiles or allocates lazily on a request
         (and check what the user tower really returns: a symbolic ONNX dim says nothing)."""
         kernels.warmup()
-        (got,) = self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])
+        # every source asked for items (item_to_item needs a history and a quota), so each
+        # of their kernels is compiled (or loaded from the cache) here, not on a request
+        every = {name: 1 for name in self.sources}
+        history = list(range(min(2, self.bundle.n_items)))
+        (got,) = self.retrieve([Request(UserInput(history=history, time_ms=1_700_000_000_000),
+                                        num=min(len(every), self.bundle.n_items), quotas=every)])
+        self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])  # the configured shares
         dim = self.bundle.item_embeddings.shape[1]
         if got.user_embedding.shape != (dim,):
             raise BundleError(f"{self.bundle.path}: user tower returned shape {got.user_embedding.shape}, want ({dim},)")

@@ -16,7 +16,7 @@ query side is converted (dots: to float64; cosines: to unit rows) once per call,
 per candidate, so a cosine costs one dot and one division by the candidate's norm; a
 candidate's content row is read once for its norm and the profile dot together, then by
 the disliked rows eight at a time (one load of the row feeds eight float32 accumulators,
-which is also what makes LLVM's vector loop 2 x 16 lanes, so d = 32, 64, 96... leave no
+which on AVX-512 is also what makes LLVM's vector loop 2 x 16 lanes, so d = 32, 64, 96... leave no
 remainder loop; fewer accumulators give 4 x 16 lanes and a slow remainder at d = 96); the
 rows of the candidate PREFETCH_AHEAD places ahead are prefetched, so a gather from a
 catalogue larger than the caches overlaps the arithmetic. The disliked block is the bulk of
@@ -223,7 +223,7 @@ def _dot32(U, r, M, i):
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _max_unit_dot(U, M, i):
     # max_r U[r] . M[i] in float32 (-inf without rows), eight rows per pass over M[i], then
-    # four, two, one. Eight float32 accumulators make LLVM's vector loop 2 x 16 lanes wide,
+    # four, two, one. Eight float32 accumulators (on AVX-512) make LLVM's vector loop 2 x 16 lanes wide,
     # which divides the usual dims (32, 64, 96, ...) without a scalar remainder.
     q = U.shape[0]
     best = np.float32(-np.inf)

@@ -34,7 +34,7 @@ from ranking_svc.ranker import (
     Explanation,
     Ranker,
 )
-from ranking_svc.wire import RetrieveStub, decode_retrieve
+from ranking_svc.wire import RetrieveStub, decode_retrieve, item_heads
 from recsys import tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, check_user_tower, load_bundle
@@ -347,6 +347,7 @@ def create_server(config: RankingConfig, bundle: Bundle | None = None,
             text_encoder=text_encoder,
         )
         r.warmup()
+        item_heads(b.item_index)  # the Retrieve answer's id lookup table, before the first request
         return r
 
     ranker = make_ranker(bundle)

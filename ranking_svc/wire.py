@@ -111,13 +111,15 @@ _tables_lock = threading.Lock()
 
 def item_heads(item_index: Mapping[str, int]) -> HeadTable:
     """The bundle's HeadTable, built once per item_index object (a bundle's index is never
-    changed once loaded)."""
+    changed once loaded); ranking_svc.server builds it for each bundle it serves at start
+    and on reload. Up to 8 are kept: more bundles served at once than that (A/B variants)
+    would rebuild tables on requests."""
     hit = _tables.get(id(item_index))
     if hit is not None and hit.item_index is item_index:
         return hit
     table = HeadTable(item_index)
     with _tables_lock:
-        while len(_tables) >= 4:  # the serving bundle, a reload's, A/B variants' bundles
+        while len(_tables) >= 8:  # the serving bundle, a reload's, A/B variants' bundles
             _tables.pop(next(iter(_tables)))
         _tables[id(item_index)] = table
     return table

@@ -223,6 +223,9 @@ def _check_shapes(b: Bundle) -> None:
     for name, (got, want) in expect.items():
         if got != want:
             raise BundleError(f"{b.path}: {name} has {got} rows, expected {want}")
+    neighbours = b.extras.get("item_neighbours")  # read by a kernel without bounds checks
+    if neighbours is not None and neighbours.size and (neighbours.min() < -1 or neighbours.max() >= n):
+        raise BundleError(f"{b.path}: item_neighbours holds ids outside [-1, {n})")
     dim = int(b.manifest["two_tower"]["dim"])
     if b.item_embeddings.shape[1] != dim:
         raise BundleError(f"{b.path}: item_embeddings dim {b.item_embeddings.shape[1]} != {dim}")

@@ -103,6 +103,31 @@ def test_a_bundle_without_source_arrays_still_serves(bundle):
     assert len(c.items) == 30 and _provenance(c) <= {TWO_TOWER, POPULAR}
 
 
+def test_start_up_compiles_every_candidate_kernel(bundle_root):
+    """A fresh process that only builds the server (no request yet) already has every
+    Numba kernel of the candidate tier compiled or loaded: none is left to a request."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from candidate_svc.server import create_server, _write_candidates\n"
+        "from candidate_svc.merge import _merge_packed\n"
+        "from candidate_svc.retrieval import _mark\n"
+        "from candidate_svc.sources import _first_allowed\n"
+        "from candidate_svc.sources.item_to_item import _neighbours_of\n"
+        "from recsys.config import CandidateConfig\n"
+        f"create_server(CandidateConfig(port=0, workers=1, bundle={str(bundle_root)!r}))\n"
+        "kernels = [_write_candidates, _merge_packed, _mark, _first_allowed, _neighbours_of]\n"
+        "print([k.__name__ for k in kernels if not k.signatures])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]", f"not compiled at start-up: {out.stdout}"
+
+
 # ----------------------------------------------------------------------------- gRPC
 
 

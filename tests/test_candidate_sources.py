@@ -20,6 +20,7 @@ from candidate_svc.sources import (
     TWO_TOWER,
     Context,
     Proposal,
+    first_allowed,
 )
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.item_to_item import ItemToItemSource
@@ -317,3 +318,67 @@ def test_merge_matches_its_item_at_a_time_twin(seed):
     assert m.items.tolist() == items
     assert [list(s.items()) for s in m.sources] == [list(s.items()) for s in sources], "provenance or its order"
     assert m.admitted == admitted
+
+
+# ----------------------------------------------------------------------------- kernels vs their NumPy twins
+
+
+def _neighbours_numpy(neighbours, scores, history, recent, n, excluded):
+    """Item-to-item as the NumPy version before the Numba kernel: the twin it must match."""
+    seeds = [int(i) for i in history[:recent] if 0 <= i < len(neighbours)]
+    if n <= 0 or not seeds:
+        return [], []
+    near = neighbours[seeds].T.reshape(-1)
+    sims = scores[seeds].T.reshape(-1)
+    ok = near >= 0
+    near, sims = near[ok], sims[ok]
+    ok = ~excluded[near] & (near[:, None] != np.asarray(seeds)).all(axis=1)
+    near, sims = near[ok], sims[ok]
+    distinct, first, inverse = np.unique(near, return_index=True, return_inverse=True)
+    best = np.full(len(distinct), -np.inf, dtype=np.float32)
+    np.maximum.at(best, inverse, sims)
+    take = np.argsort(first, kind="stable")[:n]
+    return distinct[take].tolist(), best[take].tolist()
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_item_to_item_kernel_matches_its_numpy_twin(seed):
+    """Random tables with -1 padding, duplicate and out-of-range history entries, seeds
+    that are each other's neighbours, heavy exclusion, n beyond what exists."""
+    rng = np.random.default_rng(seed)
+    n_items, width = int(rng.integers(2, 120)), int(rng.integers(1, 12))
+    neighbours = rng.integers(-1, n_items, (n_items, width)).astype(np.int64)
+    scores = rng.random((n_items, width)).astype(np.float32)
+    excluded = rng.random(n_items) < rng.uniform(0, 0.7)
+    history = rng.integers(-2, n_items + 2, rng.integers(0, 14)).astype(np.int64)
+    n = int(rng.integers(0, 3 * width * 10))
+    got = ItemToItemSource(neighbours, scores).propose(Context(np.zeros(4, np.float32), history=history), n, excluded)
+    want_items, want_scores = _neighbours_numpy(neighbours, scores, history, 10, n, excluded)
+    assert got.items.tolist() == want_items
+    assert got.scores.tolist() == want_scores
+    assert got.items.dtype == np.int64 and got.scores.dtype == np.float32
+
+
+def _first_allowed_numpy(order, scores, n, excluded):
+    kept = [int(i) for i in order if not excluded[i]][: max(n, 0)]
+    return kept, [float(scores[i]) for i in kept]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_first_allowed_kernel_matches_its_numpy_twin(seed):
+    rng = np.random.default_rng(500 + seed)
+    n_items = int(rng.integers(1, 200))
+    order = rng.permutation(n_items)[: rng.integers(0, n_items + 1)].astype(np.int64)
+    scores = rng.random(n_items).astype(np.float32)
+    excluded = rng.random(n_items) < rng.uniform(0, 0.9)
+    n = int(rng.integers(-1, n_items + 5))
+    got = first_allowed(order, scores, n, excluded)
+    want_items, want_scores = _first_allowed_numpy(order, scores, n, excluded)
+    assert got.items.tolist() == want_items and got.scores.tolist() == want_scores
+
+
+def test_merge_of_nothing_asked():
+    proposals = {TWO_TOWER: _proposal([0, 1, 2])}
+    for num in (0, -3):
+        m = merge(proposals, {TWO_TOWER: 2}, num, _none(), FALLBACK)
+        assert m.items.tolist() == [] and m.sources == [] and m.admitted == {TWO_TOWER: 0}

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 
-from evaluation.run import InProcessCandidateSource
-from ranking_svc.ranker import Demographics
 from ranking_svc.server import CandidateRejected
 from ranking_svc.wire import RetrieveResponseView, RetrieveStub, decode_retrieve, item_heads
 from recsys.v1 import candidate_pb2
@@ -130,23 +128,22 @@ def test_view_matches_the_full_parse_over_other_encodings():
 
 
 def test_the_real_candidate_tiers_answers_decode_alike(bundle, retriever):
-    """The session bundle's candidates, proposed by the real in-process Retriever and
-    encoded field by field (the bytes the candidate tier's wire encoder is pinned to)."""
-    source = InProcessCandidateSource(retriever)
+    """The session bundle's candidates from the real in-process Retriever, as the bytes
+    the candidate tier's servicer sends (its wire encoder, item_id first)."""
+    from candidate_svc.server import decode_retrieve as decode_request
+    from candidate_svc.server import encode_counted
+
     for u in range(0, min(len(bundle.user_ids), 40), 4):
         row = bundle.user_index[bundle.user_ids[u]]
         history = [bundle.item_ids[i] for i in bundle.user_pos.row(row)[: bundle.spec.history_length]]
-        got = source.fetch(bundle.user_ids[u], history, Demographics(), 1_700_000_000_000, 150, [], 1.0)
-        r = candidate_pb2.RetrieveResponse(bundle_version=bundle.version)
-        for item_id, score, names in zip(got.item_ids, got.two_tower_scores, got.sources):
-            c = r.candidates.add(item_id=item_id, two_tower_score=float(score))
-            for name in names:
-                c.sources.add(source=name, score=1.0)
-        r.user_embedding.extend(np.asarray(got.user_embedding, dtype=np.float32).tolist())
-        raw = r.SerializeToString()
+        request = candidate_pb2.RetrieveRequest(user_id=bundle.user_ids[u], history_item_ids=history,
+                                                num_candidates=150, request_time_ms=1_700_000_000_000)
+        (result,) = retriever.retrieve([decode_request(request, bundle)])
+        raw = encode_counted(result, bundle)[0].SerializeToString()
         assert_same(raw, bundle.item_index, f"user {u}")
-        view = decode_retrieve(RetrieveResponseView.FromString(raw))
-        assert (view.index_in(bundle.item_index) >= 0).all(), "every proposed id is the bundle's"
+        parsed = RetrieveResponseView.FromString(raw)
+        assert (decode_retrieve(parsed).index_in(bundle.item_index) >= 0).all(), "every proposed id is the bundle's"
+        assert item_heads(bundle.item_index).lookup(parsed.candidates).min() >= 0, "every head found by the table"
 
 
 def test_a_malformed_candidate_is_refused_as_the_full_parse_would():

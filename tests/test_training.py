@@ -95,6 +95,18 @@ def test_tampered_bundle_is_rejected(bundle, tmp_path):
         load_bundle(copy, verify=False)
 
 
+def test_neighbour_ids_outside_the_catalogue_are_refused(bundle, tmp_path):
+    """item_neighbours feeds a kernel without bounds checks: an id past the catalogue must
+    stop the bundle at load, not read out of bounds on a request."""
+    copy = tmp_path / bundle.path.name
+    shutil.copytree(bundle.path, copy)
+    arr = np.load(copy / "item_neighbours.npy")
+    arr[0, 0] = bundle.n_items
+    np.save(copy / "item_neighbours.npy", arr)
+    with pytest.raises(BundleError, match="item_neighbours holds ids outside"):
+        load_bundle(copy, verify=False)
+
+
 def test_latest_pointer(bundle_root, bundle, tmp_path):
     assert resolve_version_dir(bundle_root) == bundle.path
     assert (bundle_root / LATEST).read_text().strip() == bundle.version

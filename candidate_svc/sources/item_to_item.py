@@ -57,7 +57,7 @@ def _neighbours_of(neighbours, scores, seeds, n, excluded):
             if is_seed:
                 continue
             sim = scores[seed, w]
-            h = (x * 2654435761) & (size - 1)  # Knuth multiplicative hash (x >= 0: no overflow below 2**32 items)
+            h = x & (size - 1)  # item indices carry no structure a hash would need to break up
             while keys[h] != -1 and keys[h] != x:
                 h = (h + 1) & (size - 1)
             if keys[h] == -1:
@@ -66,7 +66,7 @@ def _neighbours_of(neighbours, scores, seeds, n, excluded):
                 items[m] = x
                 best[m] = sim
                 m += 1
-            elif sim > best[slot_of[h]]:
+            elif sim > best[slot_of[h]]:  # (a NaN score never wins; the bundle's are finite)
                 best[slot_of[h]] = sim
     m_out = min(m, n)
     return items[:m_out].copy(), best[:m_out].copy()
