@@ -128,9 +128,10 @@ class Retriever:
         self.live = LiveSourceStats(reader, self.bundle.item_ids, self.bundle.extras, time_max, ttl_s)
         return self.live
 
-    def warmup(self) -> None:
+    def warmup(self) -> Candidates:
         """Run the whole path once so nothing compiles or allocates lazily on a request
-        (and check what the user tower really returns: a symbolic ONNX dim says nothing)."""
+        (and check what the user tower really returns: a symbolic ONNX dim says nothing).
+        Returns the answer under the configured shares, for the server to encode once."""
         kernels.warmup()
         # every source asked for items (item_to_item needs a history and a quota), so each
         # of their kernels is compiled (or loaded from the cache) here, not on a request
@@ -138,10 +139,11 @@ class Retriever:
         history = list(range(min(2, self.bundle.n_items)))
         (got,) = self.retrieve([Request(UserInput(history=history, time_ms=1_700_000_000_000),
                                         num=min(len(every), self.bundle.n_items), quotas=every)])
-        self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])  # the configured shares
+        (shares,) = self.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=5)])
         dim = self.bundle.item_embeddings.shape[1]
         if got.user_embedding.shape != (dim,):
             raise BundleError(f"{self.bundle.path}: user tower returned shape {got.user_embedding.shape}, want ({dim},)")
+        return shares
 
     def embed_users(self, users: Sequence[UserInput]) -> np.ndarray:
         """User-tower embeddings for a batch of users, one onnxruntime call."""

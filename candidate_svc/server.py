@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import threading
 from dataclasses import replace
 
 import grpc
@@ -25,6 +24,7 @@ from recsys.config import MAX_CANDIDATES, CandidateConfig
 from recsys.features import UserInput
 from recsys.grpc_server import Served, build_server
 from recsys.metrics import ServerInterceptor
+from recsys.per_object import PerObject
 from recsys.reload import BundleWatcher, start_watcher
 from recsys.security import ServerSecurity
 from recsys.v1 import candidate_pb2, candidate_pb2_grpc, common_pb2
@@ -132,22 +132,8 @@ class _ItemTable:
         self.flat = np.frombuffer(b"".join(heads), dtype=np.uint8)
 
 
-_tables: dict[int, tuple[object, _ItemTable]] = {}
-_tables_lock = threading.Lock()
-
-
-def _item_table(bundle: Bundle) -> _ItemTable:
-    """The bundle's _ItemTable, keyed by its item_ids object (held, so its id stays unique)."""
-    ids = bundle.item_ids
-    hit = _tables.get(id(ids))
-    if hit is not None and hit[0] is ids:
-        return hit[1]
-    table = _ItemTable(ids)
-    with _tables_lock:
-        while len(_tables) >= 4:  # the serving bundle and the one a reload warms, with room to spare
-            _tables.pop(next(iter(_tables)))
-        _tables[id(ids)] = (ids, table)
-    return table
+# the serving bundle's item ids and the ones a reload warms, with room to spare
+_item_table: PerObject[list[str], _ItemTable] = PerObject(_ItemTable, keep=4)
 
 
 def _candidates_wire(result: Candidates, bundle: Bundle) -> bytes:
@@ -159,7 +145,7 @@ def _candidates_wire(result: Candidates, bundle: Bundle) -> bytes:
     if len(items) == 0:
         return b""
     prov = result.provenance
-    table = _item_table(bundle)
+    table = _item_table(bundle.item_ids)
     prefixes = [_source_score_prefix(name) for name in prov.names]
     prefix_at = np.zeros(len(prefixes) + 1, dtype=np.int64)
     np.cumsum([len(p) for p in prefixes], out=prefix_at[1:])
@@ -299,12 +285,10 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
 
     def make_retriever(b: Bundle) -> Retriever:  # validated and warmed: at start and on hot reload
         r = Retriever(b, config.popular_fraction, config.ann_expansion, config.fractions())
-        _item_table(b)  # the response encoder's per-item bytes, built before serving
+        _item_table(b.item_ids)  # the response encoder's per-item bytes, built before serving
         if item_stats is not None:
             r.attach_live_stats(item_stats, config.live_stats_ttl_s)
-        r.warmup()
-        (warm,) = r.retrieve([Request(UserInput(history=[0], time_ms=1_700_000_000_000), num=min(10, b.n_items))])
-        encode_counted(warm, b)  # the wire encoder's kernel, before the first request
+        encode_counted(r.warmup(), b)  # the wire encoder's kernel too, before the first request
         return r
 
     retriever = make_retriever(bundle)

@@ -22,7 +22,6 @@ responses, hand-made encodings and the real candidate tier's candidates.
 
 from __future__ import annotations
 
-import threading
 from itertools import repeat
 from operator import itemgetter
 from typing import Mapping, Sequence
@@ -33,6 +32,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from ranking_svc.ranker import CandidateList, LazyList
+from recsys.per_object import PerObject
 from recsys.v1 import candidate_pb2
 
 RETRIEVE = "/recsys.v1.CandidateService/Retrieve"
@@ -84,7 +84,6 @@ class HeadTable:
     bytes whose length byte matches no head, so it misses and takes the full decode."""
 
     def __init__(self, item_index: Mapping[str, int]) -> None:
-        self.item_index = item_index  # held: its id() keys the cache
         self.heads: dict[bytes, int] = {}
         for item_id, i in item_index.items():
             raw = item_id.encode()
@@ -105,24 +104,9 @@ class HeadTable:
         return np.fromiter(map(self.heads.get, heads, repeat(-1)), dtype=np.int64, count=len(blobs))
 
 
-_tables: dict[int, HeadTable] = {}
-_tables_lock = threading.Lock()
-
-
-def item_heads(item_index: Mapping[str, int]) -> HeadTable:
-    """The bundle's HeadTable, built once per item_index object (a bundle's index is never
-    changed once loaded); ranking_svc.server builds it for each bundle it serves at start
-    and on reload. Up to 8 are kept: more bundles served at once than that (A/B variants)
-    would rebuild tables on requests."""
-    hit = _tables.get(id(item_index))
-    if hit is not None and hit.item_index is item_index:
-        return hit
-    table = HeadTable(item_index)
-    with _tables_lock:
-        while len(_tables) >= 8:  # the serving bundle, a reload's, A/B variants' bundles
-            _tables.pop(next(iter(_tables)))
-        _tables[id(item_index)] = table
-    return table
+# built for each bundle served (ranking_svc.server: at start and on reload); more bundles
+# served at once than this (A/B variants) would rebuild tables on requests
+item_heads: PerObject[Mapping[str, int], HeadTable] = PerObject(HeadTable, keep=8)
 
 
 def candidate_indices(blobs: Sequence[bytes], item_index: Mapping[str, int]) -> np.ndarray:
