@@ -20,6 +20,7 @@ from candidate_svc.sources import SOURCE_ORDER
 from recsys import metrics, tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, load_bundle
+from recsys.compute import COMPUTE
 from recsys.config import MAX_CANDIDATES, CandidateConfig
 from recsys.features import UserInput
 from recsys.grpc_server import Served, build_server
@@ -228,16 +229,31 @@ def _write_candidates(items, two_tower_bits, score_bits, proposed, lead, heads, 
     return out
 
 
+def encode_wire(result: Candidates, bundle: Bundle) -> tuple[bytes, dict[str, int]]:
+    """The whole RetrieveResponse as wire bytes, and its candidates per source. Retrieve
+    answers with these bytes as they are (its handler's serializer is the identity, see
+    add_to_server): building 300 candidates field by field (a Python call per message)
+    cost ~0.6 ms, and parsing the bytes into a message only for gRPC to serialise it back
+    ~80 us. Fields in number order; inside a candidate a zero score or an empty id is
+    written out where SerializeToString would leave the proto3 default out, which parses
+    to the same message (tests/test_candidate_encode.py holds the two to that)."""
+    parts = [_candidates_wire(result, bundle)]
+    if bundle.version:
+        parts.append(_length_prefixed(b"\x12", bundle.version.encode()))  # bundle_version = 2
+    if result.history_used:
+        parts.append(b"\x18" + _varint(int(result.history_used)))  # history_used = 3, int32 >= 0
+    embedding = _float32(np.asarray(result.user_embedding))
+    if len(embedding):
+        parts.append(_length_prefixed(b"\x22", embedding.tobytes()))  # user_embedding = 4, packed
+    if result.cold_start:
+        parts.append(b"\x28\x01")  # cold_start = 5
+    return b"".join(parts), result.provenance.counts()
+
+
 def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.RetrieveResponse, dict[str, int]]:
-    """The response and its candidates per source. Its repeated Candidate is written as wire
-    bytes from the provenance arrays (_candidates_wire) and parsed by upb in one call:
-    building 300 candidates field by field (a Python call per message) cost ~0.6 ms."""
-    response = candidate_pb2.RetrieveResponse.FromString(_candidates_wire(result, bundle))
-    response.bundle_version = bundle.version
-    response.history_used = result.history_used
-    response.cold_start = result.cold_start
-    response.user_embedding.extend(result.user_embedding.tolist())
-    return response, result.provenance.counts()
+    """encode_wire's bytes parsed into the message (RetrieveBatch, and callers in process)."""
+    raw, per_source = encode_wire(result, bundle)
+    return candidate_pb2.RetrieveResponse.FromString(raw), per_source
 
 
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
@@ -252,12 +268,13 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
             decoded = decode_retrieve(request, bundle)
         except v.InvalidArgument as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if not context.is_active():
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
-        (result,) = retriever.retrieve([decoded])
-        response, per_source = encode_counted(result, bundle)
-        metrics.retrieve_source_counts.set(per_source)  # saves the interceptor a walk over the protos
-        return response
+        with COMPUTE.hold():  # one request computes at a time (recsys/compute.py)
+            if not context.is_active():  # checked after the wait: a caller gone costs nothing
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
+            (result,) = retriever.retrieve([decoded])
+            raw, per_source = encode_wire(result, bundle)
+        metrics.retrieve_source_counts.set(per_source)  # the interceptor's per-source counts
+        return raw  # a serialised RetrieveResponse: add_to_server registers no serializer for it
 
     def RetrieveBatch(self, request, context):
         retriever = self.retriever
@@ -267,10 +284,31 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
             decoded = [decode_retrieve(r, bundle, f"requests[{j}].") for j, r in enumerate(request.requests)]
         except v.InvalidArgument as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if not context.is_active():
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
-        results = retriever.retrieve(decoded)
-        return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
+        with COMPUTE.hold():
+            if not context.is_active():
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
+            results = retriever.retrieve(decoded)
+            return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
+
+
+def add_to_server(servicer: CandidateServicer, server: grpc.Server) -> None:
+    """As the generated add_CandidateServiceServicer_to_server, except that Retrieve's
+    answer is already the serialised RetrieveResponse (encode_wire) and goes out as is."""
+    handlers = {
+        "Retrieve": grpc.unary_unary_rpc_method_handler(
+            servicer.Retrieve,
+            request_deserializer=candidate_pb2.RetrieveRequest.FromString,
+            response_serializer=None,  # bytes: gRPC sends them unchanged
+        ),
+        "RetrieveBatch": grpc.unary_unary_rpc_method_handler(
+            servicer.RetrieveBatch,
+            request_deserializer=candidate_pb2.RetrieveBatchRequest.FromString,
+            response_serializer=candidate_pb2.RetrieveBatchResponse.SerializeToString,
+        ),
+    }
+    name = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
 
 
 def create_server(config: CandidateConfig, bundle: Bundle | None = None,
@@ -288,7 +326,7 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
         _item_table(b.item_ids)  # the response encoder's per-item bytes, built before serving
         if item_stats is not None:
             r.attach_live_stats(item_stats, config.live_stats_ttl_s)
-        encode_counted(r.warmup(), b)  # the wire encoder's kernel too, before the first request
+        encode_wire(r.warmup(), b)  # the wire encoder's kernel too, before the first request
         return r
 
     retriever = make_retriever(bundle)
@@ -300,7 +338,7 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
         config.host,
         config.port,
         config.workers,
-        [lambda s: candidate_pb2_grpc.add_CandidateServiceServicer_to_server(servicer, s)],
+        [lambda s: add_to_server(servicer, s)],
         [candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name],
         interceptors=[ServerInterceptor("candidate", bundle.version),
                       *tracing.interceptors(tracer or tracing.setup_tracing("recsys-candidate", config.otel))],

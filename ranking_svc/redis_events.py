@@ -38,6 +38,7 @@ from ranking_svc.events import (
     stat_deltas,
     stats_from_rows,
 )
+from recsys.compute import COMPUTE
 
 DEFAULT_PREFIX = "recsys:events"
 _TS_OFFSET = 1 << 63  # timestamps may be negative; offset so hex order is numeric order
@@ -200,8 +201,9 @@ class RedisEventStore:
         if limit < 1:
             return []
         try:
-            members = self._client.zrange(self._user_key(user_id), "+", "-", desc=True, bylex=True,
-                                          offset=0, num=limit)
+            with COMPUTE.released():  # a network round trip: another request computes meanwhile
+                members = self._client.zrange(self._user_key(user_id), "+", "-", desc=True, bylex=True,
+                                              offset=0, num=limit)
         except (redis.ConnectionError, redis.TimeoutError) as e:
             raise EventStoreUnavailable(f"redis: {type(e).__name__}: {e}") from None
         return [_decode(m) for m in members]

@@ -38,6 +38,7 @@ from ranking_svc.wire import RetrieveStub, decode_retrieve, item_heads
 from recsys import tracing
 from recsys import validation as v
 from recsys.bundle import Bundle, check_user_tower, load_bundle
+from recsys.compute import COMPUTE
 from recsys.config import MAX_K, RankingConfig
 from recsys.grpc_server import MAX_MESSAGE_BYTES, Served, build_server, client_channel_options
 from recsys.logs import outgoing_metadata
@@ -142,7 +143,8 @@ class GrpcCandidateSource:
         if search is not None:
             request.search_profile.extend(search.tolist())
         try:
-            with tracing.client_call("/recsys.v1.CandidateService/Retrieve") as traceparent:
+            # another request computes while this one waits (recsys/compute.py)
+            with COMPUTE.released(), tracing.client_call("/recsys.v1.CandidateService/Retrieve") as traceparent:
                 response = self.stub.Retrieve(request, timeout=timeout_s,
                                               metadata=(*outgoing_metadata(), *traceparent, *self.auth))
         except grpc.RpcError as e:
@@ -257,16 +259,17 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         variant = self.experiment.assign(request.user_id)
         budget = RETRIEVE_UNTIL.set(None if remaining is None else now + self.retrieve_budget_fraction * remaining)
         try:
-            result = self.rankers[variant.bundle].recommend(
-                request.user_id,
-                request.k,
-                Demographics(f.age, f.gender, f.occupation, f.region),
-                request.exclude_item_ids,
-                request.request_time_ms,
-                deadline,
-                explain=request.explain,
-                rules=variant.rules,
-            )
+            with COMPUTE.hold():  # one request computes at a time; let go around Retrieve
+                result = self.rankers[variant.bundle].recommend(
+                    request.user_id,
+                    request.k,
+                    Demographics(f.age, f.gender, f.occupation, f.region),
+                    request.exclude_item_ids,
+                    request.request_time_ms,
+                    deadline,
+                    explain=request.explain,
+                    rules=variant.rules,
+                )
         except EventStoreUnavailable as e:  # without the user's events we cannot filter what they saw
             context.abort(grpc.StatusCode.UNAVAILABLE, f"event store: {e}")
         except DeadlinePassed as e:  # the caller has stopped waiting: stop working too

@@ -13,7 +13,7 @@ import pytest
 
 from candidate_svc.merge import Provenance, merge, quotas_from_fractions
 from candidate_svc.retrieval import Candidates
-from candidate_svc.server import _source_score_prefix, _varint, encode_counted
+from candidate_svc.server import _source_score_prefix, _varint, encode_counted, encode_wire
 from candidate_svc.sources import POPULAR, SOURCE_ORDER, Proposal
 from recsys.v1 import candidate_pb2
 from tests.test_candidate_retrieval import _encode_field_by_field as _field_by_field
@@ -51,7 +51,8 @@ def _bundle(rng, n_items: int) -> SimpleNamespace:
     alphabet = list("abcxyz0129_-") + ["é", "€", "😀"]
     lengths = rng.choice([0, 1, 5, 12, 60, 127, 128, 200, 5000], size=n_items, p=[.02, .05, .3, .3, .1, .05, .05, .1, .03])
     ids = ["".join(rng.choice(alphabet, size=int(n))) for n in lengths]
-    return SimpleNamespace(item_ids=ids, version=f"v{int(rng.integers(1000))}")
+    version = rng.choice(["", "v" + "9" * int(rng.integers(1, 200))])  # none, or a multi-byte length
+    return SimpleNamespace(item_ids=ids, version=str(version))
 
 
 def _random_result(rng, bundle) -> Candidates:
@@ -75,7 +76,7 @@ def _random_result(rng, bundle) -> Candidates:
     items = rng.permutation(n_items)[:n].astype(np.int64)
     tt = (rng.normal(size=n) * rng.choice([1.0, 1e10], size=n)).astype(np.float32)
     return Candidates(items=items, two_tower_scores=tt, provenance=Provenance(names, scores, proposed, lead),
-                      user_embedding=rng.normal(size=8).astype(np.float32),
+                      user_embedding=rng.normal(size=int(rng.choice([0, 8, 40]))).astype(np.float32),
                       history_used=int(rng.integers(0, 50)), cold_start=bool(rng.random() < 0.3))
 
 
@@ -86,6 +87,10 @@ def _check(result, bundle) -> None:
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
     assert got == _field_by_field(result, bundle)
     assert per_source == want_per_source
+    # what Retrieve sends: the whole message's bytes, parsing to the same message
+    raw, raw_per_source = encode_wire(result, bundle)
+    assert candidate_pb2.RetrieveResponse.FromString(raw) == want
+    assert raw_per_source == want_per_source
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -134,3 +139,4 @@ def test_merge_then_encode_equals_the_item_at_a_time_merge_and_per_dict_encoder(
                                              emb, 3, False, bundle)
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
     assert per_source == want_per_source
+    assert candidate_pb2.RetrieveResponse.FromString(encode_wire(result, bundle)[0]) == want
