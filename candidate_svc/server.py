@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -38,7 +37,8 @@ MAX_BATCH = 64
 MAX_SEARCH_DIM = 4096
 
 
-def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_ms: int) -> UserInput:
+def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_ms: int,
+                    search: tuple[float, ...] = ()) -> UserInput:
     return UserInput(
         history=history,
         age=features.age,
@@ -46,6 +46,7 @@ def user_input_from(features: common_pb2.UserFeatures, history: list[int], time_
         occupation=features.occupation,
         region=features.region,
         time_ms=time_ms,
+        search=search,
     )
 
 
@@ -84,7 +85,7 @@ def decode_retrieve(req: candidate_pb2.RetrieveRequest, bundle: Bundle, prefix: 
     history = [index[i] for i in req.history_item_ids if i in index]
     exclude = np.fromiter((index[i] for i in req.exclude_item_ids if i in index), dtype=np.int64)
     return Request(
-        user=replace(user_input_from(req.features, history, req.request_time_ms), search=search),
+        user=user_input_from(req.features, history, req.request_time_ms, search),
         num=req.num_candidates,
         exclude=exclude,
         user_id=req.user_id,
