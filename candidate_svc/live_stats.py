@@ -28,6 +28,7 @@ import numpy as np
 from candidate_svc.sources import FRESH, TRENDING, Source
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.ranked import trending
+from recsys.compute import COMPUTE
 from recsys.trending import decayed
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class LiveSourceStats:
             self._next = self.clock() + self.ttl_s
             now_ms = self.wall_ms()
             try:
-                stats = self.reader.item_stats(self.item_ids, now_ms)
+                with COMPUTE.released():  # a store read (Redis: a round trip): others compute meanwhile
+                    stats = self.reader.item_stats(self.item_ids, now_ms)
             except Exception as e:
                 log.warning("live source stats refresh failed (keeping the previous sources): %s: %s",
                             type(e).__name__, e)

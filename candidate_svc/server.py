@@ -241,8 +241,11 @@ def encode_wire(result: Candidates, bundle: Bundle) -> tuple[bytes, dict[str, in
     parts = [_candidates_wire(result, bundle)]
     if bundle.version:
         parts.append(_length_prefixed(b"\x12", bundle.version.encode()))  # bundle_version = 2
-    if result.history_used:
-        parts.append(b"\x18" + _varint(int(result.history_used)))  # history_used = 3, int32 >= 0
+    history_used = int(result.history_used)
+    if not -(1 << 31) <= history_used < (1 << 31):
+        raise ValueError(f"history_used: {history_used} does not fit int32")
+    if history_used:  # history_used = 3, int32: a negative one as its 64-bit two's complement
+        parts.append(b"\x18" + _varint(history_used & 0xFFFF_FFFF_FFFF_FFFF))
     embedding = _float32(np.asarray(result.user_embedding))
     if len(embedding):
         parts.append(_length_prefixed(b"\x22", embedding.tobytes()))  # user_embedding = 4, packed

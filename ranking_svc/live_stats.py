@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ranking_svc.events import EventStore
+from recsys.compute import COMPUTE
 from recsys.trending import decayed
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ class LiveTrending:
         self._next = self.clock() + self.ttl_s
         now_ms = self.wall_ms()
         try:
-            stats = self.store.item_stats(self.item_ids, now_ms)
+            with COMPUTE.released():  # a store read (Redis: a round trip): others compute meanwhile
+                stats = self.store.item_stats(self.item_ids, now_ms)
         except Exception as e:  # keep serving the previous copy
             log.warning("live trending refresh failed (keeping the copy from %d): %s: %s",
                         self._snapshot.at_ms, type(e).__name__, e)

@@ -260,6 +260,8 @@ class RankingServicer(ranking_pb2_grpc.RankingServiceServicer):
         budget = RETRIEVE_UNTIL.set(None if remaining is None else now + self.retrieve_budget_fraction * remaining)
         try:
             with COMPUTE.hold():  # one request computes at a time; let go around Retrieve
+                if not context.is_active():  # deadline passed or cancelled while queued for the lock
+                    raise DeadlinePassed("ranking (queued)")
                 result = self.rankers[variant.bundle].recommend(
                     request.user_id,
                     request.k,

@@ -98,6 +98,8 @@ retrieve_source_counts: ContextVar[dict[str, int] | None] = ContextVar("retrieve
 
 def _observe_retrieve(m: Metrics, response: Any) -> None:
     per_source = retrieve_source_counts.get()
+    if per_source is None and isinstance(response, bytes):
+        return  # an answer already serialised whose servicer set no counts: nothing to walk
     if per_source is None:
         per_source = {}
         for cand in response.candidates:

@@ -5,6 +5,7 @@ field by field: the same request must give the same bytes."""
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -77,7 +78,8 @@ def _random_result(rng, bundle) -> Candidates:
     tt = (rng.normal(size=n) * rng.choice([1.0, 1e10], size=n)).astype(np.float32)
     return Candidates(items=items, two_tower_scores=tt, provenance=Provenance(names, scores, proposed, lead),
                       user_embedding=rng.normal(size=int(rng.choice([0, 8, 40]))).astype(np.float32),
-                      history_used=int(rng.integers(0, 50)), cold_start=bool(rng.random() < 0.3))
+                      history_used=int(rng.choice([rng.integers(0, 50), -rng.integers(1, 2**31 + 1), 2**31 - 1])),
+                      cold_start=bool(rng.random() < 0.3))
 
 
 def _check(result, bundle) -> None:
@@ -140,3 +142,12 @@ def test_merge_then_encode_equals_the_item_at_a_time_merge_and_per_dict_encoder(
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
     assert per_source == want_per_source
     assert candidate_pb2.RetrieveResponse.FromString(encode_wire(result, bundle)[0]) == want
+
+
+def test_a_history_used_beyond_int32_is_refused_not_wrapped():
+    rng = np.random.default_rng(7)
+    bundle = _bundle(rng, 20)
+    result = _random_result(rng, bundle)
+    for bad in (2**31, -(2**31) - 1):
+        with pytest.raises(ValueError, match="history_used"):
+            encode_wire(replace(result, history_used=bad), bundle)

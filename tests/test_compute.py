@@ -137,3 +137,37 @@ def test_the_ranking_tier_lets_the_lock_go_while_retrieve_is_in_flight():
     finally:
         source.close()
         server.stop(0)
+
+
+@pytest.fixture(scope="module")
+def stack(bundle, tmp_path_factory):
+    from tests.service_stack import serve_both
+
+    with serve_both(bundle, tmp_path_factory.mktemp("compute")) as s:
+        yield s
+
+
+def test_both_handlers_compute_under_the_lock_and_skip_a_call_whose_caller_left(stack, monkeypatch):
+    """While this test holds the process's lock, Retrieve and Recommend (both tiers in this
+    process) cannot compute: each call runs out its deadline. Once the lock is free, the
+    queued Recommend sees its caller gone and never starts ranking; later calls are answered."""
+    from recsys.compute import COMPUTE
+    from recsys.v1 import ranking_pb2
+
+    user = stack.ranker.bundle.user_ids[0]
+    retrieve = candidate_pb2.RetrieveRequest(user_id=user, num_candidates=5)
+    recommend = ranking_pb2.RecommendRequest(user_id=user, k=3)
+    started: list[str] = []
+    real = stack.ranker.recommend
+    monkeypatch.setattr(stack.ranker, "recommend", lambda user_id, *a, **k: (started.append(user_id), real(user_id, *a, **k))[1])
+    with COMPUTE.hold():
+        for call, request in ((stack.candidate.Retrieve, retrieve), (stack.ranking.Recommend, recommend)):
+            with pytest.raises(grpc.RpcError) as e:
+                call(request, timeout=0.5)
+            assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert started == [], "Recommend started ranking without the lock"
+    time.sleep(0.3)  # the queued Recommend takes the lock now, and must see its caller gone
+    assert started == [], "the queued Recommend went on computing for a caller that left"
+    assert len(stack.candidate.Retrieve(retrieve, timeout=10).candidates) == 5
+    assert len(stack.ranking.Recommend(recommend, timeout=10).items) == 3
+    assert started == [user]
