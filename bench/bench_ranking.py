@@ -460,10 +460,13 @@ def bench_e2e(args: argparse.Namespace) -> dict:
 
 
 class _Context:
-    """The two grpc.ServicerContext methods Recommend uses."""
+    """The grpc.ServicerContext methods Recommend uses."""
 
     def time_remaining(self) -> float:
         return 10.0
+
+    def is_active(self) -> bool:
+        return True
 
     def abort(self, code, details: str):
         raise RuntimeError(f"{code}: {details}")
