@@ -337,11 +337,11 @@ def bench_retrieve(args, bundle) -> None:
     users = [req.user for req in reqs]
     vecs = r.embed_users(users)
     two_tower = r.sources["two_tower"]
-    from candidate_svc.server import encode_counted
+    from candidate_svc.server import encode_wire
 
-    def served(req):  # what the servicer does after decoding: retrieve, encode, count per source
+    def served(req):  # what the servicer does after decoding: retrieve, the answer's bytes, counts per source
         (result,) = r.retrieve([req])
-        return encode_counted(result, r.bundle)
+        return encode_wire(result, r.bundle)
 
     rounds: dict[str, list[np.ndarray]] = {"total": [], "total_cpu": [], "tower": [], "search": [], "served": []}
     for _ in range(args.repeats):  # interleaved, median over rounds: the machine's load drifts
@@ -375,18 +375,18 @@ def bench_retrieve(args, bundle) -> None:
 
 
 def _serving_overheads(r, reqs) -> None:
-    """Per-call costs around Retrieve in the server: response encoding, and the metrics
-    interceptor (recsys.metrics) with the servicer's per-source counts and without them."""
+    """Per-call costs around Retrieve in the server: the answer's wire bytes, and the
+    metrics interceptor (recsys.metrics) given the servicer's per-source counts."""
     import timeit
 
     import grpc
     from prometheus_client import CollectorRegistry
 
-    from candidate_svc.server import encode_candidates, encode_counted
+    from candidate_svc.server import encode_wire
     from recsys import metrics
 
     (result,) = r.retrieve([reqs[1]])
-    response, per_source = encode_counted(result, r.bundle)
+    response, per_source = encode_wire(result, r.bundle)  # bytes, as Retrieve answers
     interceptor = metrics.ServerInterceptor("candidate", metrics=metrics.Metrics(CollectorRegistry()))
 
     class Details:
@@ -397,21 +397,16 @@ def _serving_overheads(r, reqs) -> None:
         def code(self):
             return None
 
-    def handler(counted: bool):
-        def behavior(request, context):
-            if counted:
-                metrics.retrieve_source_counts.set(per_source)
-            return response
+    def behavior(request, context):
+        metrics.retrieve_source_counts.set(per_source)
+        return response
 
-        inner = grpc.unary_unary_rpc_method_handler(behavior)
-        return interceptor.intercept_service(lambda _: inner, Details()).unary_unary
-
-    with_counts, walking = handler(True), handler(False)
+    inner = grpc.unary_unary_rpc_method_handler(behavior)
+    with_counts = interceptor.intercept_service(lambda _: inner, Details()).unary_unary
     ctx = Context()
     cost = {
-        "encode_candidates": lambda: encode_candidates(result, r.bundle),
+        "encode_wire": lambda: encode_wire(result, r.bundle),
         "metrics interceptor (servicer's counts)": lambda: with_counts(None, ctx),
-        "metrics interceptor (walking the response)": lambda: walking(None, ctx),
     }
     print(f"  around it in the server, per call ({len(result.items)} candidates): " + ", ".join(
         f"{name} {min(timeit.repeat(fn, number=200, repeat=5)) / 200 * 1e6:.0f} us" for name, fn in cost.items()))
