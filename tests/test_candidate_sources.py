@@ -183,7 +183,7 @@ def test_inner_product_search_on_unit_vectors_matches_cosine():
     assert not prefer_inner_product(Index(ndim=DIM, metric="cos", dtype="f32"), poisoned), "a NaN: keep cosine"
 
 
-def test_fresh_draws_depend_on_the_seed_only():
+def test_fresh_draws_follow_the_seed():
     source, ctx, _ = _fresh()
     flat = FreshSource(np.full(8, NOW_S), np.full(8, 5.0), np.full(8, 10.0))  # equal posteriors
     a = flat.propose(Context(ctx.user_embedding, seed=1), 8, np.zeros(8, np.bool_)).items.tolist()
@@ -203,18 +203,27 @@ def test_fresh_samples_are_draws_from_each_items_posterior():
     assert np.all(np.diff(d[order]) <= 0)
 
 
-def test_fresh_skips_excluded_items_and_shares_a_sample_between_seeds_that_pick_it():
-    source = FreshSource(np.full(N_ITEMS, NOW_S), np.zeros(N_ITEMS), np.full(N_ITEMS, 5.0), samples=8)
-    ctx = Context(np.zeros(DIM, np.float32), seed=3)
+def test_fresh_skips_excluded_items_and_shares_a_sample_only_within_a_minute():
+    created = np.full(N_ITEMS, NOW_S - 400 * 86_400, np.int64)
+    created[1::3] = NOW_S  # the pool: every third item, so pool positions are not item ids
+    source = FreshSource(created, np.zeros(N_ITEMS), np.full(N_ITEMS, 5.0), samples=8)
+    minute = 1_700_000_040_000
+    ctx = Context(np.zeros(DIM, np.float32), seed=3, time_ms=minute)
     best = source.propose(ctx, N_ITEMS, _none()).items
+    assert sorted(best.tolist()) == list(range(1, N_ITEMS, 3))
     excluded = _none()
     excluded[best[:2]] = True
     got = source.propose(ctx, 4, excluded)
     assert got.items.tolist() == best[2:6].tolist()
     assert np.all(np.diff(got.scores) <= 0)
-    same = source.propose(Context(ctx.user_embedding, seed=3 + 8), N_ITEMS, _none()).items
-    assert same.tolist() == best.tolist(), "seed 11 picks sample 3 of 8, as seed 3 does"
-    moved = FreshSource(np.full(N_ITEMS, NOW_S), np.zeros(N_ITEMS), np.full(N_ITEMS, 6.0), samples=8)
+
+    def order(seed, time_ms):
+        return source.propose(Context(ctx.user_embedding, seed=seed, time_ms=time_ms), N_ITEMS, _none()).items.tolist()
+
+    assert order(3 + 8, minute + 59_999 - 40_000) == best.tolist(), "seed 11 picks sample 3 of 8 in the same minute"
+    later = {tuple(order(3, minute + 60_000 * m)) for m in range(1, 6)}
+    assert tuple(best.tolist()) not in later and len(later) == 5, "each minute draws afresh"
+    moved = FreshSource(created, np.zeros(N_ITEMS), np.full(N_ITEMS, 6.0), samples=8)
     assert moved.propose(ctx, N_ITEMS, _none()).items.tolist() != best.tolist(), "new posteriors, new draws"
 
 
