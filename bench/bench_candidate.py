@@ -330,7 +330,7 @@ def bench_retrieve(args, bundle) -> None:
         cold = j % 5 == 0
         hist = [] if cold else rng.integers(0, tower_items, rng.integers(1, 20)).tolist()
         user = UserInput(history=hist, age=int(rng.integers(0, 80)), region=regions[j % len(regions)],
-                         time_ms=1_700_000_000_000 + j * 3_600_000)
+                         time_ms=1_700_000_000_000 + j * 100)  # 10 requests a second of request time
         reqs.append(Request(user, num=args.num, exclude=rng.integers(0, bundle.n_items, 50), user_id=f"u{j}"))
     for req in reqs[:50]:
         r.retrieve([req])
