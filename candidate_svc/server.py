@@ -118,10 +118,6 @@ def _source_score_prefix(name: str) -> bytes:
     return b"\x1a" + _varint(len(inner) + 4) + inner
 
 
-def encode_candidates(result: Candidates, bundle: Bundle) -> candidate_pb2.RetrieveResponse:
-    return encode_counted(result, bundle)[0]
-
-
 class _ItemTable:
     """Per bundle, each item's Candidate head as wire bytes: item_id (field 1, string) and
     the tag of two_tower_score (field 2, fixed32). Built once per bundle (at start and on
@@ -255,7 +251,7 @@ def encode_wire(result: Candidates, bundle: Bundle) -> tuple[bytes, dict[str, in
 
 
 def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.RetrieveResponse, dict[str, int]]:
-    """encode_wire's bytes parsed into the message (RetrieveBatch, and callers in process)."""
+    """encode_wire's bytes parsed into the message (for callers in process and tests)."""
     raw, per_source = encode_wire(result, bundle)
     return candidate_pb2.RetrieveResponse.FromString(raw), per_source
 
@@ -292,12 +288,13 @@ class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
             if not context.is_active():
                 context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before retrieval")
             results = retriever.retrieve(decoded)
-            return candidate_pb2.RetrieveBatchResponse(responses=[encode_candidates(r, bundle) for r in results])
+            # RetrieveBatchResponse.responses (field 1): each answer's bytes, length-prefixed
+            return b"".join(_length_prefixed(b"\x0a", encode_wire(r, bundle)[0]) for r in results)
 
 
 def add_to_server(servicer: CandidateServicer, server: grpc.Server) -> None:
-    """As the generated add_CandidateServiceServicer_to_server, except that Retrieve's
-    answer is already the serialised RetrieveResponse (encode_wire) and goes out as is."""
+    """As the generated add_CandidateServiceServicer_to_server, except that both answers
+    are already serialised (encode_wire) and go out as they are."""
     handlers = {
         "Retrieve": grpc.unary_unary_rpc_method_handler(
             servicer.Retrieve,
@@ -307,7 +304,7 @@ def add_to_server(servicer: CandidateServicer, server: grpc.Server) -> None:
         "RetrieveBatch": grpc.unary_unary_rpc_method_handler(
             servicer.RetrieveBatch,
             request_deserializer=candidate_pb2.RetrieveBatchRequest.FromString,
-            response_serializer=candidate_pb2.RetrieveBatchResponse.SerializeToString,
+            response_serializer=None,  # a serialised RetrieveBatchResponse, as Retrieve's
         ),
     }
     name = candidate_pb2.DESCRIPTOR.services_by_name["CandidateService"].full_name

@@ -162,6 +162,7 @@ def test_retrieve_batch_over_grpc(stub, bundle):
     for req, got in zip(reqs, batch.responses):
         alone = stub.Retrieve(req, timeout=10)
         assert [c.item_id for c in got.candidates] == [c.item_id for c in alone.candidates]
+        assert got == alone  # every field: scores, provenance, embedding, version, counts
     assert not batch.responses[0].cold_start and batch.responses[1].cold_start
     assert {s.source for c in batch.responses[2].candidates for s in c.sources} <= {"fresh", "popular"}
 
