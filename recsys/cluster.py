@@ -19,10 +19,13 @@ from pathlib import Path
 
 from recsys.procs import ServiceProcess, start_service
 
+METRICS_PORT_ATTEMPTS = 3
+
 
 def free_port() -> int:
     """A currently free loopback port (for the metrics endpoints, which cannot report back
-    the port they bound; a race with another process is possible but harmless here)."""
+    the port they bound). Another socket may take it before the replica binds it:
+    start_cluster then starts that replica again on another port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -71,19 +74,28 @@ def start_cluster(
     workdir = Path(workdir)
     cluster = Cluster()
 
-    def start_tier(kind: str, n: int, args: list[str]) -> list[ServiceProcess]:
-        jobs = []
-        for i in range(n):
-            extra = list(args)
-            if kind == "ranking":
-                extra += ["--event-db", str(workdir / f"ranking-{i}" / "events.sqlite3")]
+    def start_replica(kind: str, i: int, args: list[str]) -> ServiceProcess:
+        extra = list(args)
+        if kind == "ranking":
+            extra += ["--event-db", str(workdir / f"ranking-{i}" / "events.sqlite3")]
+        for attempt in range(1, METRICS_PORT_ATTEMPTS + 1):
+            port = free_port() if metrics else 0
+            try:
+                service = start_service(kind, extra + (["--metrics-port", str(port)] if metrics else []),
+                                        workdir / f"{kind}-{i}", extra_env)
+            except RuntimeError as e:  # the free port was taken before the replica bound it
+                if metrics and attempt < METRICS_PORT_ATTEMPTS and "Address already in use" in str(e):
+                    continue
+                raise
             if metrics:
-                cluster.metrics_ports[f"{kind}-{i}"] = port = free_port()
-                extra += ["--metrics-port", str(port)]
-            jobs.append((kind, extra, workdir / f"{kind}-{i}", extra_env))
+                cluster.metrics_ports[f"{kind}-{i}"] = port
+            return service
+        raise AssertionError("unreachable")
+
+    def start_tier(kind: str, n: int, args: list[str]) -> list[ServiceProcess]:
         # replicas of one tier start in parallel (each loads the bundle and warms up)
         with ThreadPoolExecutor(max_workers=n) as pool:
-            futures = [pool.submit(start_service, *job) for job in jobs]
+            futures = [pool.submit(start_replica, kind, i, args) for i in range(n)]
             started, failure = [], None
             for f in futures:
                 try:

@@ -105,3 +105,34 @@ def test_recommend_keeps_answering_when_a_candidate_replica_dies(cluster, rankin
     after = handled(scrape(cluster.metrics_ports["candidate-1"]), "Retrieve")
     assert after - before >= 18, "the surviving replica takes the traffic"
     assert survivor.proc.poll() is None
+
+
+def test_a_metrics_port_taken_before_the_replica_binds_it_is_replaced(bundle_root, tmp_path, monkeypatch):
+    """free_port's answer can be taken by another socket before the replica binds it: the
+    replica is started again on another port instead of failing the whole cluster."""
+    import socket
+
+    import recsys.cluster as cluster_mod
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    handed: list[int] = []
+    real_free_port = cluster_mod.free_port
+
+    def racing_free_port() -> int:
+        handed.append(taken if not handed else real_free_port())
+        return handed[-1]
+
+    monkeypatch.setattr(cluster_mod, "free_port", racing_free_port)
+    try:
+        c = start_cluster(bundle_root, tmp_path, candidates=1, rankings=1, metrics=True)
+    finally:
+        squatter.close()
+    try:
+        assert handed[0] == taken and len(handed) == 3, handed  # candidate twice, ranking once
+        assert c.metrics_ports["candidate-0"] == handed[1] != taken
+        assert "grpc_server_started_total" in scrape(c.metrics_ports["candidate-0"])
+    finally:
+        c.stop()
