@@ -40,6 +40,7 @@ class RedisServer:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.auto_port = port is None  # and not yet bound once: may move if taken meanwhile
         self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
 
@@ -48,6 +49,16 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> "RedisServer":
+        for _ in range(2):  # free_port's answer may be taken by another socket before redis binds it
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                if not (self.auto_port and "Address already in use" in self.log_tail()):
+                    raise
+                self.port = free_port()
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> "RedisServer":
         cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
                "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), *DURABLE_ARGS,
                *self.extra_args]
@@ -60,6 +71,7 @@ class RedisServer:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith(b"+PONG"):  # -LOADING while replaying the AOF
+                        self.auto_port = False  # bound: restarts keep this port
                         return self
             except OSError:
                 pass
