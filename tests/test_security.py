@@ -90,9 +90,15 @@ def candidate_mtls(bundle, pki, tmp_path_factory):
     tokens = tmp_path_factory.mktemp("tokens") / "tokens.json"
     tokens.write_text(json.dumps({"full": ["*"], "ranking": ["/recsys.v1.CandidateService/Retrieve"],
                                   "other": ["/recsys.v1.RankingService/*"]}))
-    config = CandidateConfig(port=0, workers=2, tls_cert=pki["server"], tls_key=pki["server_key"],
-                             tls_client_ca=pki["ca"], auth_tokens=str(tokens), health_port=_free_port())
-    served, _ = create_server(config, bundle)
+    for attempt in range(3):  # the free port may be taken by another socket before the server binds it
+        config = CandidateConfig(port=0, workers=2, tls_cert=pki["server"], tls_key=pki["server_key"],
+                                 tls_client_ca=pki["ca"], auth_tokens=str(tokens), health_port=_free_port())
+        try:
+            served, _ = create_server(config, bundle)
+            break
+        except OSError as e:
+            if attempt == 2 or "could not bind health port" not in str(e):
+                raise
     served.start()
     served.set_serving(True)
     try:
