@@ -250,12 +250,6 @@ def encode_wire(result: Candidates, bundle: Bundle) -> tuple[bytes, dict[str, in
     return b"".join(parts), result.provenance.counts()
 
 
-def encode_counted(result: Candidates, bundle: Bundle) -> tuple[candidate_pb2.RetrieveResponse, dict[str, int]]:
-    """encode_wire's bytes parsed into the message (for callers in process and tests)."""
-    raw, per_source = encode_wire(result, bundle)
-    return candidate_pb2.RetrieveResponse.FromString(raw), per_source
-
-
 class CandidateServicer(candidate_pb2_grpc.CandidateServiceServicer):
     def __init__(self, retriever: Retriever) -> None:
         self.retriever = retriever  # replaced whole by a hot reload (recsys.reload)

@@ -14,7 +14,7 @@ import pytest
 
 from candidate_svc.merge import Provenance, merge, quotas_from_fractions
 from candidate_svc.retrieval import Candidates
-from candidate_svc.server import _source_score_prefix, _varint, encode_counted, encode_wire
+from candidate_svc.server import _source_score_prefix, _varint, encode_wire
 from candidate_svc.sources import POPULAR, SOURCE_ORDER, Proposal
 from recsys.v1 import candidate_pb2
 from tests.test_candidate_retrieval import _encode_field_by_field as _field_by_field
@@ -83,16 +83,14 @@ def _random_result(rng, bundle) -> Candidates:
 
 
 def _check(result, bundle) -> None:
-    got, per_source = encode_counted(result, bundle)
+    raw, per_source = encode_wire(result, bundle)  # what Retrieve sends
+    got = candidate_pb2.RetrieveResponse.FromString(raw)
     want, want_per_source = _encode_per_dict(result.items, result.two_tower_scores, result.sources,
                                              result.user_embedding, result.history_used, result.cold_start, bundle)
+    assert got == want
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
     assert got == _field_by_field(result, bundle)
     assert per_source == want_per_source
-    # what Retrieve sends: the whole message's bytes, parsing to the same message
-    raw, raw_per_source = encode_wire(result, bundle)
-    assert candidate_pb2.RetrieveResponse.FromString(raw) == want
-    assert raw_per_source == want_per_source
 
 
 @pytest.mark.parametrize("seed", range(80))
@@ -136,12 +134,13 @@ def test_merge_then_encode_equals_the_item_at_a_time_merge_and_per_dict_encoder(
     emb = rng.normal(size=4).astype(np.float32)
     result = Candidates(items=m.items[order], two_tower_scores=tt, provenance=m.provenance.take(order),
                         user_embedding=emb, history_used=3, cold_start=False)
-    got, per_source = encode_counted(result, bundle)
+    raw, per_source = encode_wire(result, bundle)
+    got = candidate_pb2.RetrieveResponse.FromString(raw)
     want, want_per_source = _encode_per_dict(np.asarray(items, np.int64)[order], tt, [sources[i] for i in order],
                                              emb, 3, False, bundle)
     assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)
     assert per_source == want_per_source
-    assert candidate_pb2.RetrieveResponse.FromString(encode_wire(result, bundle)[0]) == want
+    assert got == want
 
 
 def test_a_history_used_beyond_int32_is_refused_not_wrapped():

@@ -200,7 +200,7 @@ def _encode_field_by_field(result, bundle) -> candidate_pb2.RetrieveResponse:
 
 
 def test_encoded_response_equals_its_field_by_field_twin(retriever, bundle):
-    from candidate_svc.server import encode_counted
+    from candidate_svc.server import encode_wire
 
     users = [UserInput(history=[1, 2, 3], time_ms=T), UserInput(history=[], time_ms=T)]
     for result in retriever.retrieve([Request(u, num=40, user_id="e") for u in users]):
@@ -208,7 +208,8 @@ def test_encoded_response_equals_its_field_by_field_twin(retriever, bundle):
         ids = list(bundle.item_ids)
         ids[int(result.items[0])] = "é" * 70
         renamed = dataclasses.replace(bundle, item_ids=ids)
-        got, per_source = encode_counted(result, renamed)
+        raw, per_source = encode_wire(result, renamed)
+        got = candidate_pb2.RetrieveResponse.FromString(raw)
         want = _encode_field_by_field(result, renamed)
         assert got == want
         assert got.SerializeToString(deterministic=True) == want.SerializeToString(deterministic=True)

@@ -131,7 +131,7 @@ def test_the_real_candidate_tiers_answers_decode_alike(bundle, retriever):
     """The session bundle's candidates from the real in-process Retriever, as the bytes
     the candidate tier's servicer sends (its wire encoder, item_id first)."""
     from candidate_svc.server import decode_retrieve as decode_request
-    from candidate_svc.server import encode_counted
+    from candidate_svc.server import encode_wire
 
     for u in range(0, min(len(bundle.user_ids), 40), 4):
         row = bundle.user_index[bundle.user_ids[u]]
@@ -139,7 +139,7 @@ def test_the_real_candidate_tiers_answers_decode_alike(bundle, retriever):
         request = candidate_pb2.RetrieveRequest(user_id=bundle.user_ids[u], history_item_ids=history,
                                                 num_candidates=150, request_time_ms=1_700_000_000_000)
         (result,) = retriever.retrieve([decode_request(request, bundle)])
-        raw = encode_counted(result, bundle)[0].SerializeToString()
+        raw = encode_wire(result, bundle)[0]
         assert_same(raw, bundle.item_index, f"user {u}")
         parsed = RetrieveResponseView.FromString(raw)
         assert (decode_retrieve(parsed).index_in(bundle.item_index) >= 0).all(), "every proposed id is the bundle's"
