@@ -234,6 +234,35 @@ def _call_overhead(dim: int) -> None:
     print("per-call overhead (64-item index, k=1): " + ", ".join(f"{n} {c:.1f} us" for n, c in cost.items()))
 
 
+def bench_scan(args) -> None:
+    """Small catalogues: the two-tower source's exact scan (BLAS dot over every item +
+    heap top-k) against the graph walk, per single query, at the counts Retrieve asks for;
+    and which one the service picks (SCAN_PER_RESULT)."""
+    from candidate_svc.sources.two_tower import SCAN_PER_RESULT, TwoTowerSource, prefer_inner_product
+
+    print(f"\nscan vs graph walk (two_tower source, M={args.connectivity}, ef={args.expansion_search}), "
+          f"median of {args.repeats} interleaved rounds of 300 queries:")
+    for n in args.scan_sizes:
+        items = clustered(n, args.dim, max(10, n // 100), seed=3)
+        index = Index(ndim=args.dim, metric="cos", dtype="f32", connectivity=args.connectivity,
+                      expansion_add=args.expansion_add, expansion_search=args.expansion_search)
+        index.add(np.arange(n, dtype=np.uint64), items, threads=0)
+        inner = prefer_inner_product(index, items)
+        walk = TwoTowerSource(index)
+        scan = TwoTowerSource(index, items, inner, scan_per_result=n)  # scans any count
+        pick = TwoTowerSource(index, items, inner)
+        queries = clustered(300, args.dim, max(10, n // 100), seed=4)
+        for count in (10, 64, 254):
+            rounds: dict[str, list[float]] = {"walk": [], "scan": []}
+            for _ in range(args.repeats):
+                for name, source in (("walk", walk), ("scan", scan)):
+                    rounds[name].append(us(timed(lambda q: source.search(q, count)[0][:1], queries)[1], 50))
+            w, sc = np.median(rounds["walk"]), np.median(rounds["scan"])
+            print(f"  {n:7d} items, count {count:3d}: walk p50 {w:7.1f} us, scan p50 {sc:7.1f} us "
+                  f"(scan {w / sc:4.2f}x faster); service {'scans' if pick.scans(count) else 'walks'}"
+                  f" (SCAN_PER_RESULT={SCAN_PER_RESULT})")
+
+
 def _hnswlib(items: np.ndarray, args):
     import hnswlib
 
@@ -489,6 +518,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--num", type=int, default=300, help="candidates per Retrieve")
     ap.add_argument("--skip-retrieve", action="store_true")
+    ap.add_argument("--scan", action="store_true",
+                    help="only the scan-vs-walk comparison on small catalogues (--scan-sizes)")
+    ap.add_argument("--scan-sizes", type=int, nargs="+", default=[1500, 5000, 10000, 20000, 50000])
     ap.add_argument("--libs", default="hnswlib,faiss", help="baselines to compare ('' = none)")
     ap.add_argument("--concurrency", type=int, default=4, help="gRPC client threads")
     ap.add_argument("--grpc-seconds", type=float, default=5.0)
@@ -501,6 +533,9 @@ def main() -> None:
                         grpc_seconds=2.0)
     args = ap.parse_args()
 
+    if args.scan:
+        bench_scan(args)
+        return
     k = 10
     print(f"{args.items} clustered {args.dim}-d items ({args.clusters} clusters), {args.queries} queries")
     items = clustered(args.items, args.dim, args.clusters, seed=0)

@@ -112,11 +112,11 @@ class Retriever:
         if self.index.ndim != bundle.item_embeddings.shape[1]:
             raise BundleError(f"{bundle.path}: index.usearch dim {self.index.ndim} != {bundle.item_embeddings.shape[1]}")
         self.index.expansion_search = expansion
-        prefer_inner_product(self.index, bundle.item_embeddings)  # unit vectors: dot == cosine
+        inner_product = prefer_inner_product(self.index, bundle.item_embeddings)  # unit vectors: dot == cosine
         # Items added by a catalogue update after training have no id embedding in the user
         # tower: they are left out of its history input (the other sources still use them).
         self.tower_items = int(bundle.manifest.get("catalog_update", {}).get("tower_items", bundle.n_items))
-        self.sources: dict[str, Source] = build_sources(bundle, self.index)
+        self.sources: dict[str, Source] = build_sources(bundle, self.index, inner_product)
         self.fallback_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
         self.log_popularity = np.log1p(bundle.popularity).astype(np.float32)
         self.live: LiveSourceStats | None = None
@@ -204,10 +204,12 @@ class Retriever:
         )
 
 
-def build_sources(bundle: Bundle, index: Index) -> dict[str, Source]:
-    """Every source the bundle has the arrays for (older bundles: two_tower and popular)."""
+def build_sources(bundle: Bundle, index: Index, inner_product: bool = False) -> dict[str, Source]:
+    """Every source the bundle has the arrays for (older bundles: two_tower and popular).
+    `inner_product`: the index is searched by dot product (prefer_inner_product)."""
     x = bundle.extras
-    sources: dict[str, Source] = {TWO_TOWER: TwoTowerSource(index), POPULAR: popular(bundle.popularity)}
+    two_tower = TwoTowerSource(index, bundle.item_embeddings, inner_product)  # scans a small catalogue
+    sources: dict[str, Source] = {TWO_TOWER: two_tower, POPULAR: popular(bundle.popularity)}
     if "item_neighbours" in x and "item_neighbour_scores" in x:
         sources[ITEM_TO_ITEM] = ItemToItemSource(x["item_neighbours"], x["item_neighbour_scores"])
     if "trending" in x:

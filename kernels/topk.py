@@ -84,6 +84,10 @@ def top_k(scores, k):
     if heap.shape[0] == 0:
         return heap
     for j in range(n):
+        # full heap: a score below the worst kept one cannot get in (one compare; a NaN on
+        # either side is False here and takes the full test in _offer)
+        if size == heap.shape[0] and scores[j] < scores[heap[0]]:
+            continue
         size = _offer(heap, size, scores, j)
     return _drain(heap, size, scores)
 
@@ -97,8 +101,9 @@ def top_k_masked(scores, excluded, k):
     if heap.shape[0] == 0:
         return heap
     for j in range(n):
-        if not excluded[j]:
-            size = _offer(heap, size, scores, j)
+        if excluded[j] or (size == heap.shape[0] and scores[j] < scores[heap[0]]):  # as in top_k
+            continue
+        size = _offer(heap, size, scores, j)
     return _drain(heap, size, scores)
 
 

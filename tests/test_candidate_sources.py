@@ -36,7 +36,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _two_tower():
+def _two_tower_data():
     rng = np.random.default_rng(3)
     emb = _unit(rng.normal(size=(N_ITEMS, DIM)))
     user = _unit(rng.normal(size=DIM))
@@ -45,7 +45,20 @@ def _two_tower():
     # nodes left the 3rd-nearest item unreachable (a flaky known-answer test)
     index.add(np.arange(N_ITEMS, dtype=np.uint64), emb, threads=1)
     expected = np.argsort(-(emb @ user), kind="stable")  # exact cosine order
-    return TwoTowerSource(index), Context(user_embedding=user), expected.tolist()
+    return index, emb, Context(user_embedding=user), expected.tolist()
+
+
+def _two_tower():
+    index, _, ctx, expected = _two_tower_data()
+    return TwoTowerSource(index), ctx, expected
+
+
+def _two_tower_scan():
+    """The same catalogue, small enough to be scanned instead of walked."""
+    index, emb, ctx, expected = _two_tower_data()
+    scanning = TwoTowerSource(index, emb)  # cosine, as the index computes it
+    assert scanning.scans(1), "40 items: scanned for any count"
+    return scanning, ctx, expected
 
 
 def _popular():
@@ -92,6 +105,7 @@ def _fresh():
 
 CASES = {
     TWO_TOWER: _two_tower,
+    f"{TWO_TOWER} (scan)": _two_tower_scan,
     POPULAR: _popular,
     TRENDING: _trending,
     REGIONAL: _regional,
@@ -116,7 +130,7 @@ class TestSourceContract:
     def test_name_and_types(self, case):
         name, source, ctx, _ = case
         p = source.propose(ctx, 5, _none())
-        assert source.name == name
+        assert source.name == name.split(" ")[0]
         assert p.items.dtype == np.int64 and p.scores.dtype == np.float32
         assert p.items.shape == p.scores.shape
 
@@ -159,6 +173,60 @@ def test_two_tower_over_fetch_when_nearest_items_are_excluded():
     excluded = _none()
     excluded[expected[:35]] = True
     assert source.propose(ctx, 5, excluded).items.tolist() == expected[35:]
+
+
+def test_two_tower_scan_is_exact_search_by_the_indexs_similarity():
+    """The scan returns what an exact search of the index returns: on unit vectors with
+    the inner product switched on, keys by dot and scores = dot; on vectors that are not
+    unit (cosine index), keys by cosine and scores = cosine. Excluded items are skipped in
+    the pass, so the n nearest allowed items come back however many of the nearest are
+    excluded, with no second search."""
+    rng = np.random.default_rng(8)
+    unit = _unit(rng.normal(size=(300, DIM)))
+    raw = (unit * rng.uniform(0.2, 5.0, size=(300, 1))).astype(np.float32)
+    queries = _unit(rng.normal(size=(10, DIM)))
+    for vectors, switch in ((unit, True), (raw, False)):
+        index = Index(ndim=DIM, metric="cos", dtype="f32")
+        index.add(np.arange(300, dtype=np.uint64), vectors)
+        assert prefer_inner_product(index, vectors) is switch
+        scan = TwoTowerSource(index, vectors, inner_product=switch)
+        walk = TwoTowerSource(index)  # no vectors: always the graph (exact when all are asked for)
+        assert scan.scans(10) and not walk.scans(10_000)
+        sims = (vectors @ queries.T).T
+        if not switch:
+            sims = sims / np.linalg.norm(vectors, axis=1)[None, :]
+        for q, s in zip(queries, sims):
+            keys, scores = scan.search(q, 20)
+            np.testing.assert_array_equal(keys, np.argsort(-s, kind="stable")[:20])
+            np.testing.assert_allclose(scores, s[keys], rtol=1e-5, atol=1e-6)
+            all_keys, all_scores = walk.search(q, 300)  # usearch's exact search of the whole index
+            np.testing.assert_array_equal(keys[:10], all_keys[:10])
+            np.testing.assert_allclose(scores, all_scores[:20], atol=2e-5)
+            excluded = np.zeros(300, np.bool_)
+            excluded[np.argsort(-s)[:250]] = True
+            calls = []
+            scan._search = lambda *a, **k: calls.append(a)  # the graph must not be asked
+            got = scan.propose(Context(user_embedding=q), 30, excluded)
+            assert not calls
+            np.testing.assert_array_equal(got.items, np.argsort(-s, kind="stable")[250:280])
+
+
+def test_two_tower_scans_only_what_is_small_for_the_count():
+    """scan_per_result items per result asked for at most; 0 or no vectors: never; an index
+    on a metric the scan does not compute (L2): never."""
+    rng = np.random.default_rng(9)
+    vectors = _unit(rng.normal(size=(400, DIM)))
+    index = Index(ndim=DIM, metric="cos", dtype="f32")
+    index.add(np.arange(400, dtype=np.uint64), vectors)
+    source = TwoTowerSource(index, vectors, inner_product=True, scan_per_result=40)
+    assert source.scans(10) and not source.scans(9)  # 400 <= 40 * 10, > 40 * 9
+    assert not TwoTowerSource(index, vectors, inner_product=True, scan_per_result=0).scans(400)
+    assert not TwoTowerSource(index).scans(400)
+    l2 = Index(ndim=DIM, metric="l2sq", dtype="f32")
+    l2.add(np.arange(400, dtype=np.uint64), vectors)
+    assert not TwoTowerSource(l2, vectors).scans(400)
+    with pytest.raises(ValueError, match="vectors"):
+        TwoTowerSource(index, vectors[:10], inner_product=True)
 
 
 def test_inner_product_search_on_unit_vectors_matches_cosine():
