@@ -256,7 +256,7 @@ def bench_scan(args) -> None:
             rounds: dict[str, list[float]] = {"walk": [], "scan": []}
             for _ in range(args.repeats):
                 for name, source in (("walk", walk), ("scan", scan)):
-                    rounds[name].append(us(timed(lambda q: source.search(q, count)[0][:1], queries)[1], 50))
+                    rounds[name].append(us(timed(lambda q, s=source, c=count: s.search(q, c)[0][:1], queries)[1], 50))
             w, sc = np.median(rounds["walk"]), np.median(rounds["scan"])
             print(f"  {n:7d} items, count {count:3d}: walk p50 {w:7.1f} us, scan p50 {sc:7.1f} us "
                   f"(scan {w / sc:4.2f}x faster); service {'scans' if pick.scans(count) else 'walks'}"

@@ -205,7 +205,7 @@ def test_two_tower_scan_is_exact_search_by_the_indexs_similarity():
             excluded = np.zeros(300, np.bool_)
             excluded[np.argsort(-s)[:250]] = True
             calls = []
-            scan._search = lambda *a, **k: calls.append(a)  # the graph must not be asked
+            scan._search = lambda *a, calls=calls, **k: calls.append(a)  # the graph must not be asked
             got = scan.propose(Context(user_embedding=q), 30, excluded)
             assert not calls
             np.testing.assert_array_equal(got.items, np.argsort(-s, kind="stable")[250:280])
