@@ -50,7 +50,7 @@ from candidate_svc.sources import (
 from candidate_svc.sources.fresh import FreshSource
 from candidate_svc.sources.item_to_item import ItemToItemSource
 from candidate_svc.sources.ranked import RegionalSource, popular, trending
-from candidate_svc.sources.two_tower import TwoTowerSource, prefer_inner_product
+from candidate_svc.sources.two_tower import SCAN_PER_RESULT, TwoTowerSource, prefer_inner_product
 from recsys.bundle import Bundle, BundleError, check_user_tower
 from recsys.features import UserInput
 
@@ -94,7 +94,11 @@ class Retriever:
         popular_fraction: float = 0.2,
         expansion: int = 64,
         source_fractions: Mapping[str, float] | None = None,
+        scan_per_result: int = SCAN_PER_RESULT,
     ) -> None:
+        """`scan_per_result`: the two-tower source scans every item instead of walking the
+        index while the catalogue holds at most this many items per result asked for (0 =
+        always walk; candidate_svc/sources/two_tower.py)."""
         self.bundle = bundle
         self.popular_fraction = popular_fraction
         fractions = dict(DEFAULT_SOURCE_FRACTIONS if source_fractions is None else source_fractions)
@@ -116,7 +120,7 @@ class Retriever:
         # Items added by a catalogue update after training have no id embedding in the user
         # tower: they are left out of its history input (the other sources still use them).
         self.tower_items = int(bundle.manifest.get("catalog_update", {}).get("tower_items", bundle.n_items))
-        self.sources: dict[str, Source] = build_sources(bundle, self.index, inner_product)
+        self.sources: dict[str, Source] = build_sources(bundle, self.index, inner_product, scan_per_result)
         self.fallback_order = np.argsort(-bundle.popularity, kind="stable").astype(np.int64)
         self.log_popularity = np.log1p(bundle.popularity).astype(np.float32)
         self.live: LiveSourceStats | None = None
@@ -204,11 +208,12 @@ class Retriever:
         )
 
 
-def build_sources(bundle: Bundle, index: Index, inner_product: bool = False) -> dict[str, Source]:
+def build_sources(bundle: Bundle, index: Index, inner_product: bool = False,
+                  scan_per_result: int = SCAN_PER_RESULT) -> dict[str, Source]:
     """Every source the bundle has the arrays for (older bundles: two_tower and popular).
     `inner_product`: the index is searched by dot product (prefer_inner_product)."""
     x = bundle.extras
-    two_tower = TwoTowerSource(index, bundle.item_embeddings, inner_product)  # scans a small catalogue
+    two_tower = TwoTowerSource(index, bundle.item_embeddings, inner_product, scan_per_result)  # scans a small catalogue
     sources: dict[str, Source] = {TWO_TOWER: two_tower, POPULAR: popular(bundle.popularity)}
     if "item_neighbours" in x and "item_neighbour_scores" in x:
         sources[ITEM_TO_ITEM] = ItemToItemSource(x["item_neighbours"], x["item_neighbour_scores"])

@@ -317,7 +317,8 @@ def create_server(config: CandidateConfig, bundle: Bundle | None = None,
     bundle = bundle or load_bundle(config.bundle)
 
     def make_retriever(b: Bundle) -> Retriever:  # validated and warmed: at start and on hot reload
-        r = Retriever(b, config.popular_fraction, config.ann_expansion, config.fractions())
+        r = Retriever(b, config.popular_fraction, config.ann_expansion, config.fractions(),
+                      scan_per_result=config.ann_scan_per_result)
         _item_table(b.item_ids)  # the response encoder's per-item bytes, built before serving
         if item_stats is not None:
             r.attach_live_stats(item_stats, config.live_stats_ttl_s)

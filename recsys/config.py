@@ -62,6 +62,9 @@ class CandidateConfig(SecuritySettings):
     workers: int = 8  # gRPC handler threads (compute itself is single-threaded)
     popular_fraction: float = 0.2  # share of candidates reserved for the popular source
     ann_expansion: int = 64  # usearch expansion_search at query time
+    # scan every item instead of walking the graph while the catalogue holds at most this
+    # many items per two-tower result asked for (exact, and cheaper there); 0 = always walk
+    ann_scan_per_result: int = 40
     # share of candidates per further source, "name=fraction,..."; two_tower gets the rest
     source_fractions: str = "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02"
     grace_s: float = 5.0  # SIGTERM grace period
@@ -84,6 +87,8 @@ class CandidateConfig(SecuritySettings):
         _check(1 <= self.workers <= 256, "workers", self.workers, "1..256")
         _check(0.0 <= self.popular_fraction <= 1.0, "popular_fraction", self.popular_fraction, "0..1")
         _check(1 <= self.ann_expansion <= 4096, "ann_expansion", self.ann_expansion, "1..4096")
+        _check(0 <= self.ann_scan_per_result <= 100_000, "ann_scan_per_result", self.ann_scan_per_result,
+               "0..100000")
         # Shares summing above 1 with popular_fraction are allowed: the merge admits
         # sources in priority order, so the later ones get what is left.
         try:
@@ -197,6 +202,7 @@ ENV_TABLE: dict[tuple[type, str], str] = {
     (CandidateConfig, "workers"): "RECSYS_WORKERS",
     (CandidateConfig, "popular_fraction"): "RECSYS_POPULAR_FRACTION",
     (CandidateConfig, "ann_expansion"): "RECSYS_ANN_EXPANSION",
+    (CandidateConfig, "ann_scan_per_result"): "RECSYS_ANN_SCAN_PER_RESULT",
     (CandidateConfig, "source_fractions"): "RECSYS_SOURCE_FRACTIONS",
     (CandidateConfig, "grace_s"): "RECSYS_GRACE_S",
     (CandidateConfig, "metrics_port"): "RECSYS_METRICS_PORT",

@@ -64,7 +64,9 @@ def measure(bundle: str | Path, seconds: float = 8.0, concurrency: int = 4, warm
     total_bytes, n_items = bundle_bytes(bundle)
     item_bytes, _ = bundle_bytes(bundle, items_only=True)
     work = Path(tempfile.mkdtemp(prefix="recsys-size-"))
-    cand = start_service("candidate", ["--bundle", str(bundle)], work)
+    # the graph walk, as a catalogue of the sizes planned for runs it (a small bundle would
+    # otherwise be scanned: candidate_svc/sources/two_tower.py)
+    cand = start_service("candidate", ["--bundle", str(bundle)], work, env={"RECSYS_ANN_SCAN_PER_RESULT": "0"})
     rank = None
     try:
         rank = start_service("ranking", ["--bundle", str(bundle), "--candidate-address", cand.address,

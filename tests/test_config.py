@@ -38,6 +38,7 @@ PINNED_DEFAULTS = {
         "workers": 8,
         "popular_fraction": 0.2,
         "ann_expansion": 64,
+        "ann_scan_per_result": 40,
         "source_fractions": "item_to_item=0.1,regional=0.05,trending=0.05,fresh=0.02",
         "grace_s": 5.0,
         "metrics_port": 0,
@@ -115,6 +116,7 @@ ENV_VALUES = {
     "RECSYS_WORKERS": ("3", 3),
     "RECSYS_POPULAR_FRACTION": ("0.35", 0.35),
     "RECSYS_ANN_EXPANSION": ("128", 128),
+    "RECSYS_ANN_SCAN_PER_RESULT": ("0", 0),
     "RECSYS_SOURCE_FRACTIONS": ("fresh=0.1", "fresh=0.1"),
     "RECSYS_GRACE_S": ("2.5", 2.5),
     "RECSYS_METRICS_PORT": ("9090", 9090),
@@ -276,6 +278,8 @@ OUT_OF_RANGE = [
     (CandidateConfig, "popular_fraction", float("nan")),
     (CandidateConfig, "ann_expansion", 0),
     (CandidateConfig, "ann_expansion", 4097),
+    (CandidateConfig, "ann_scan_per_result", -1),
+    (CandidateConfig, "ann_scan_per_result", 100_001),
     (CandidateConfig, "source_fractions", "fresh=1.5"),
     (CandidateConfig, "source_fractions", "two_tower=0.5"),  # takes the rest, not settable
     (CandidateConfig, "source_fractions", "fresh"),
@@ -333,6 +337,8 @@ IN_RANGE_EDGES = [
     (CandidateConfig, "popular_fraction", 1.0),
     (CandidateConfig, "ann_expansion", 1),
     (CandidateConfig, "ann_expansion", 4096),
+    (CandidateConfig, "ann_scan_per_result", 0),
+    (CandidateConfig, "ann_scan_per_result", 100_000),
     (CandidateConfig, "source_fractions", ""),  # only two_tower and popular
     (CandidateConfig, "source_fractions", "fresh=1.0,regional=0"),
     (CandidateConfig, "grace_s", 0.0),
