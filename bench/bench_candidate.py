@@ -397,7 +397,8 @@ def bench_retrieve(args, bundle) -> None:
     print(f"  with response encoding + per-source counts  p50 {pct('served', 50):8.1f} us  p99 {pct('served', 99):8.1f} us"
           "  (the servicer's work after decoding)")
     print(f"  of which user tower alone                   p50 {pct('tower', 50):8.1f} us  p99 {pct('tower', 99):8.1f} us")
-    print(f"  of which ANN search (count={args.num})          p50 {pct('search', 50):8.1f} us  p99 {pct('search', 99):8.1f} us")
+    path = "exact scan" if two_tower.scans(args.num) else "ANN search"
+    print(f"  of which {path} (count={args.num})          p50 {pct('search', 50):8.1f} us  p99 {pct('search', 99):8.1f} us")
     print(f"  batched {batch} users per call: {per_user_batched * 1e6:.1f} us per user, wall "
           f"({pct('total', 50) / (per_user_batched * 1e6):.2f}x the single-call p50)")
     _serving_overheads(r, reqs)

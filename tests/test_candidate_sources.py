@@ -211,6 +211,37 @@ def test_two_tower_scan_is_exact_search_by_the_indexs_similarity():
             np.testing.assert_array_equal(got.items, np.argsort(-s, kind="stable")[250:280])
 
 
+def test_two_tower_masked_scan_also_when_only_the_over_fetch_would_scan():
+    """A catalogue too big to scan for n but small enough for n plus the over-fetch past
+    excluded ids: one masked scan, not a scan per doubling of the count."""
+    rng = np.random.default_rng(10)
+    vectors = _unit(rng.normal(size=(400, DIM)))
+    index = Index(ndim=DIM, metric="cos", dtype="f32")
+    index.add(np.arange(400, dtype=np.uint64), vectors)
+    source = TwoTowerSource(index, vectors, inner_product=True, scan_per_result=40)
+    user = _unit(rng.normal(size=DIM))
+    excluded = np.zeros(400, np.bool_)
+    excluded[np.argsort(-(vectors @ user))[:300]] = True  # the nearest 300
+    assert not source.scans(5) and source.scans(5 + 20)
+    walks, scans = [], []
+    source._search = lambda *a, walks=walks, **k: walks.append(a)  # the graph must not be asked
+    scan = source._scan
+    source._scan = lambda *a, scans=scans, scan=scan: scans.append(a) or scan(*a)
+    got = source.propose(Context(user_embedding=user, n_excluded=300), 5, excluded)
+    assert not walks and len(scans) == 1, f"{len(scans)} scans"
+    np.testing.assert_array_equal(got.items, np.argsort(-(vectors @ user), kind="stable")[300:305])
+    source._scan = scan
+    with pytest.raises(ValueError, match="excluded"):
+        source._scan(user, 5, excluded[:10])
+
+
+def test_scan_default_is_the_services_default():
+    from candidate_svc.sources.two_tower import SCAN_PER_RESULT
+    from recsys.config import CandidateConfig
+
+    assert CandidateConfig().ann_scan_per_result == SCAN_PER_RESULT
+
+
 def test_two_tower_scans_only_what_is_small_for_the_count():
     """scan_per_result items per result asked for at most; 0 or no vectors: never; an index
     on a metric the scan does not compute (L2): never."""

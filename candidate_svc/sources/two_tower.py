@@ -83,7 +83,10 @@ class TwoTowerSource:
         """`vectors`: the indexed item vectors, row = key (the bundle's item embeddings);
         with them, a small enough catalogue is scanned exactly instead of walked, by the
         similarity the search returns: the dot product when `inner_product` (what
-        `prefer_inner_product` returned), else the index's cosine. Other metrics never scan."""
+        `prefer_inner_product` returned), else the index's cosine. Other metrics never scan.
+        The scan reads the float32 vectors, not the index's copies: on an f16 / bf16 / i8
+        index its scores are the exact ones (a walk's differ by the quantisation, ~1e-3 for
+        f16, ~1e-2 for i8), so near-ties may order differently from a walk's."""
         self.index = index
         self.size = len(index)
         self._search = index._compiled.search_many  # see the module docstring
@@ -115,6 +118,8 @@ class TwoTowerSource:
         return keys[0, :m].astype(np.int64), (1.0 - dist[0, :m]).astype(np.float32)
 
     def _scan(self, query: np.ndarray, count: int, excluded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if excluded is not None and len(excluded) != self.size:  # the kernel reads it unchecked
+            raise ValueError(f"excluded: {len(excluded)} flags for {self.size} items")
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(-1)
         sims = self.vectors @ q
         if self._inv_norms is not None:
@@ -129,10 +134,10 @@ class TwoTowerSource:
     def propose(self, ctx: Context, n: int, excluded: np.ndarray) -> Proposal:
         if n <= 0 or self.size == 0:
             return Proposal.empty()
-        if self.scans(n):  # excluded items skipped during the pass: no over-fetch
-            return Proposal(*self._scan(ctx.user_embedding, n, excluded))
         n_excluded = int(np.count_nonzero(excluded)) if ctx.n_excluded is None else ctx.n_excluded
         count = min(self.size, n + min(n_excluded, 4 * n))
+        if self.scans(count):  # excluded items skipped during the one pass: no over-fetch, no retry
+            return Proposal(*self._scan(ctx.user_embedding, n, excluded))
         while True:
             keys, sims = self.search(ctx.user_embedding, count)
             keep = ~excluded[keys]
